@@ -1,0 +1,172 @@
+"""Figures and the capacity table, drawn from a run's parquet alone.
+
+One figure per memory setting (kernel, its knobs, noise): cosine similarity, distance and
+accuracy against n (log scale), one colour per d, the mean over seeds with a 95% band, the
+random baseline dashed and the theory dotted. Matplotlib's object API only (no pyplot
+state), and no timestamps in the files: the same data gives the same bytes.
+
+    python -m bench.plots RUN_DIR      # re-draw RUN_DIR/figures/
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bench import store
+
+FIGURES = "figures"
+COS_THRESHOLD = 0.9
+ACC_THRESHOLD = 0.99
+SETTING_COLUMNS = ["kernel", "lam", "eta", "passes", "patterns", "dtype", "noise"]
+# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (normal beyond).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def setting_name(row) -> str:
+    parts = [str(row["kernel"])]
+    for knob in ("lam", "eta", "passes"):
+        value = row[knob]
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{knob}={_num(value)}")
+    parts.append(f"noise={_num(row['noise'])}")
+    if row["patterns"] != "gaussian":
+        parts.append(str(row["patterns"]))
+    if row["dtype"] != "float32":
+        parts.append(str(row["dtype"]))
+    return " ".join(parts)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% half-width over seeds per (setting, d, n), ok rows only."""
+    ok = df[df["status"] == "ok"]
+    keys = SETTING_COLUMNS + ["d", "n"]
+    grouped = ok.groupby(keys, dropna=False)
+    out = grouped.agg(cos=("cos_mean", "mean"), cos_sd=("cos_mean", "std"), dist=("dist_mean", "mean"),
+                      dist_sd=("dist_mean", "std"), acc=("acc", "mean"), acc_sd=("acc", "std"),
+                      seeds=("seed", "count"), baseline_cos=("baseline_cos", "mean"),
+                      baseline_dist=("baseline_dist", "mean"), theory_cos=("theory_cos", "first")).reset_index()
+    t = out["seeds"].map(lambda s: _T975[s - 2] if 2 <= s <= 31 else (1.96 if s > 31 else 0.0))
+    for m in ("cos", "dist", "acc"):
+        out[f"{m}_ci"] = (t * out[f"{m}_sd"].fillna(0) / np.sqrt(out["seeds"])).fillna(0)
+    return out
+
+
+def capacity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, d): the largest n of the grid up to which (at that n and every smaller
+    one) the seed-mean cosine stays >= 0.9 and the accuracy >= 0.99. A value at the grid's
+    largest n is reported as ">= n"; none as "< smallest n"."""
+    summary = summarize(df)
+    rows = []
+    for key, group in summary.groupby(SETTING_COLUMNS + ["d"], dropna=False, sort=True):
+        group = group.sort_values("n")
+        row = dict(zip(SETTING_COLUMNS + ["d"], key))
+        row["setting"] = setting_name(row)
+        row["n_cos"] = _largest(group, group["cos"] >= COS_THRESHOLD)
+        row["n_acc"] = _largest(group, group["acc"] >= ACC_THRESHOLD)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SETTING_COLUMNS + ["d", "setting", "n_cos", "n_acc"])
+
+
+def _largest(group: pd.DataFrame, holds: pd.Series) -> str:
+    ns = group["n"].to_numpy()
+    holds = holds.to_numpy()
+    if not holds[0]:
+        return f"< {ns[0]}"
+    last = len(holds) if holds.all() else int(np.argmin(holds))
+    return f">= {ns[-1]}" if last == len(holds) else str(ns[last - 1])
+
+
+def draw_all(run_dir: Path) -> list[Path]:
+    """Draw every figure of a run into RUN_DIR/figures (PNG and SVG); returns the PNG paths."""
+    df = store.load_results(run_dir)
+    fig_dir = run_dir / FIGURES
+    fig_dir.mkdir(exist_ok=True)
+    summary = summarize(df)
+    written = []
+    for key, group in summary.groupby(SETTING_COLUMNS, dropna=False, sort=True):
+        setting = dict(zip(SETTING_COLUMNS, key))
+        name = setting_name(setting)
+        fig = _setting_figure(group, name)
+        written.append(_save(fig, fig_dir / _file_name(name)))
+    return written
+
+
+def _setting_figure(group: pd.DataFrame, title: str) -> Figure:
+    fig = Figure(figsize=(15, 4.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3)
+    ds = sorted(group["d"].unique())
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(ds), 1)))
+    panels = [("cos", "cosine similarity (recalled, true)", "baseline_cos", "theory_cos"),
+              ("dist", "euclidean distance (recalled, true)", "baseline_dist", None),
+              ("acc", "nearest-neighbour accuracy", None, None)]
+    for ax, (metric, label, baseline, theory) in zip(axes, panels):
+        for colour, d in zip(colours, ds):
+            g = group[group["d"] == d].sort_values("n")
+            n = g["n"].to_numpy()
+            mean, ci = g[metric].to_numpy(), g[f"{metric}_ci"].to_numpy()
+            ax.plot(n, mean, "-o", color=colour, ms=3, lw=1.4, label=f"d={d}")
+            ax.fill_between(n, mean - ci, mean + ci, color=colour, alpha=0.2, lw=0)
+            if baseline:
+                ax.plot(n, g[baseline].to_numpy(), "--", color=colour, lw=1, alpha=0.8)
+            if theory and g[theory].notna().any():
+                ax.plot(n, g[theory].to_numpy(dtype=float), ":", color=colour, lw=1.6)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stored pairs n")
+        ax.set_ylabel(label)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[2].axhline(ACC_THRESHOLD, color="grey", lw=0.8, alpha=0.6)
+    axes[0].axhline(COS_THRESHOLD, color="grey", lw=0.8, alpha=0.6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    handles += [Line2D([], [], color="k", ls="--", lw=1), Line2D([], [], color="k", ls=":", lw=1.6)]
+    labels += ["random baseline", "theory"]
+    axes[0].legend(handles, labels, fontsize=8, loc="best")
+    fig.suptitle(title)
+    return fig
+
+
+def _save(fig: Figure, stem: Path) -> Path:
+    with matplotlib.rc_context({"svg.hashsalt": "associative-memory-bench", "svg.fonttype": "path"}):
+        for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, metadata=metadata)
+            store.atomic_write_bytes(stem.parent / f"{stem.name}.{fmt}", buffer.getvalue())
+    return stem.parent / f"{stem.name}.png"
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "=.-" else "_" for c in name)
+
+
+def _num(x) -> str:
+    return f"{float(x):g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.plots", description="Re-draw a run's figures from its parquet.")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        paths = draw_all(args.run_dir)
+    except store.StoreError as e:
+        print(f"bench.plots: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(paths)} figures written to {args.run_dir / FIGURES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The result store: run directories, one parquet part per finished cell, the merged table,
+and the run manifest. Everything written is written to a temporary name and renamed, so a
+reader (or a killed run) never sees half a file.
+
+Layout of a run, ``<out>/<run_id>/``: manifest.json, parts/<cell id>.parquet (one per
+finished cell), results.parquet (all parts merged, with the manifest in its schema
+metadata), figures/, report.html, report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+RESULTS = "results.parquet"
+PARTS = "parts"
+
+# The one place the result columns are defined. Column docs live in the README.
+SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("cell_id", pa.string()),
+    ("kernel", pa.string()),
+    ("lam", pa.float64()),
+    ("eta", pa.float64()),
+    ("passes", pa.int64()),
+    ("patterns", pa.string()),
+    ("dtype", pa.string()),
+    ("d", pa.int64()),
+    ("n", pa.int64()),
+    ("dv", pa.int64()),
+    ("noise", pa.float64()),
+    ("seed", pa.int64()),
+    ("cos_mean", pa.float64()),
+    ("cos_std", pa.float64()),
+    ("dist_mean", pa.float64()),
+    ("acc", pa.float64()),
+    ("acc_queries", pa.int64()),
+    ("baseline_cos", pa.float64()),
+    ("baseline_dist", pa.float64()),
+    ("baseline_cos_theory", pa.float64()),
+    ("baseline_dist_theory", pa.float64()),
+    ("theory_cos", pa.float64()),
+    ("method", pa.string()),
+    ("compile_s", pa.float64()),
+    ("run_s", pa.float64()),
+    ("flops", pa.float64()),
+    ("gflops", pa.float64()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+])
+# Columns that differ between two runs of the same spec on the same machine.
+TIMING_COLUMNS = ("run_id", "compile_s", "run_s", "gflops")
+STATUSES = ("ok", "nan", "error", "skipped")
+
+
+class StoreError(ValueError):
+    """A run directory that cannot be used; the message names the path and the fix."""
+
+
+def new_run_dir(out: Path) -> Path:
+    """Create a fresh, uniquely named run directory under ``out`` (exclusive: two runs
+    started at the same moment never share one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        (run_dir / PARTS).mkdir()
+        return run_dir
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot hold a run, creating nothing."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreError(f"--out {out}: {probe} is not a directory; pass a directory path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StoreError(f"--out {out}: {probe} is not writable; pass a directory you can write to")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{run_dir} is not a run directory (no {MANIFEST}); pass a directory that a run wrote")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); the run directory is damaged") from e
+
+
+def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SCHEMA)
+
+
+def write_part(run_dir: Path, cell_id: str, rows: list[dict[str, Any]]) -> Path:
+    """One finished cell's rows, written at once (temp name, then rename)."""
+    path = run_dir / PARTS / f"{cell_id}.parquet"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(rows_to_table(rows), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def finished_cells(run_dir: Path) -> set[str]:
+    return {p.stem for p in (run_dir / PARTS).glob("*.parquet")}
+
+
+def merge(run_dir: Path, manifest: dict[str, Any], cell_order: list[str]) -> pa.Table:
+    """All parts, in the spec's cell order, as results.parquet with the manifest in its schema
+    metadata (key b"manifest")."""
+    parts = [pq.read_table(run_dir / PARTS / f"{cid}.parquet", schema=SCHEMA) for cid in cell_order
+             if (run_dir / PARTS / f"{cid}.parquet").exists()]
+    table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+    table = table.replace_schema_metadata({"manifest": json.dumps(manifest, sort_keys=True)})
+    path = run_dir / RESULTS
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RESULTS}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return table
+
+
+def load_results(run_dir: Path):
+    """The run table as pandas (merged results.parquet, or the parts of an unfinished run)."""
+    import pandas as pd
+
+    path = run_dir / RESULTS
+    if path.is_file():
+        return pq.read_table(path).to_pandas()
+    parts = sorted((run_dir / PARTS).glob("*.parquet"))
+    if not parts:
+        raise StoreError(f"{run_dir} has no results yet; run a sweep into it first")
+    return pd.concat([pq.read_table(p, schema=SCHEMA).to_pandas() for p in parts], ignore_index=True)

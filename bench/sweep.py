@@ -1,0 +1,166 @@
+"""The sweep driver: compile each family of cells once, run every cell with its seeds batched
+by vmap and sharded over all devices, and store one parquet part per finished cell.
+
+A failing cell is recorded (status "error") and the sweep goes on; a cell that would not fit
+in device memory is recorded as "skipped" with what it needed; a cell whose metrics are not
+finite is "nan". Timings: compile_s and run_s are each row's share (the cell's time divided
+by its seeds), so they add up over rows; flops are analytic, per row.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+import kernels
+from bench import environment, store, theory
+from bench.spec import KNOBS, Cell, SweepSpec
+
+# A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
+_MEMORY_HEADROOM = 2.0
+
+
+@dataclass
+class _Programs:
+    """Compiled programs, one per family (CellShape); compile time is charged to the cell that
+    needed the program first."""
+
+    mesh: Mesh
+    compiled: dict[kernels.CellShape, Any] = field(default_factory=dict)
+    compile_count: int = 0
+
+    def get(self, shape: kernels.CellShape, args) -> tuple[Any, float]:
+        if shape in self.compiled:
+            return self.compiled[shape], 0.0
+        batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        fn = jax.jit(partial(kernels.run_cell, shape), in_shardings=(batch, replicated, replicated, replicated),
+                     out_shardings=batch)
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        self.compiled[shape] = compiled
+        self.compile_count += 1
+        return compiled, time.perf_counter() - start
+
+
+def cell_shape(cell: Cell, spec: SweepSpec) -> kernels.CellShape:
+    method = kernels.default_method() if spec.method == "auto" else spec.method
+    return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=cell.patterns, dtype=cell.dtype,
+                             chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method)
+
+
+def estimate_bytes(shape: kernels.CellShape, seeds_per_device: int) -> int:
+    """Peak bytes of one cell on one device: independent of n by construction."""
+    d, dv, c, m = shape.d, shape.dv, shape.chunk, shape.sample
+    item = np.dtype(shape.dtype).itemsize
+    per_seed = (
+        8 * (d * d + 2 * d * dv)                       # Gram, cross term, W (float64 solves)
+        + item * (-(-d // c) * c) * (d + dv)           # stashed first chunks (dual solve)
+        + 8 * d * d                                    # dual Gram
+        + item * c * (3 * d + 3 * dv) * 2              # one chunk of keys, values, noise, recalls
+        + item * m * (c * 2 + dv * 2)                  # accuracy sample and its scores
+    )
+    return int(per_seed * seeds_per_device * _MEMORY_HEADROOM)
+
+
+def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
+              on_cell_done: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+    """Run every cell of ``spec`` not yet finished in ``run_dir``. Returns the manifest."""
+    manifest = store.read_manifest(run_dir)
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("seeds",))
+    programs = _Programs(mesh)
+    seeds = list(range(spec.seeds))
+    padded = seeds + [seeds[-1]] * (-len(seeds) % len(devices))  # pad to a multiple of devices
+    seed_array = jax.device_put(np.array(padded, np.int32), NamedSharding(mesh, PartitionSpec("seeds")))
+    available = environment.device_memory_bytes()
+    cells = spec.cells()
+    done = store.finished_cells(run_dir)
+    todo = [c for c in cells if c.id not in done]
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not show,
+              file=sys.stderr) as bar:
+        for cell in todo:
+            bar.set_postfix_str(cell.label(), refresh=False)
+            rows = _run_one(cell, spec, programs, seed_array, len(seeds), len(padded) // len(devices), available,
+                            run_id=run_dir.name)
+            store.write_part(run_dir, cell.id, rows)
+            bar.update()
+            if on_cell_done is not None:
+                on_cell_done(cell)
+    manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
+    return manifest
+
+
+def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_seeds: int, per_device: int,
+             available: int | None, *, run_id: str) -> list[dict[str, Any]]:
+    shape = cell_shape(cell, spec)
+    base = _base_row(cell, spec, shape, run_id)
+    needed = estimate_bytes(shape, per_device)
+    if available is not None and needed > available:
+        return [dict(base, seed=s, status="skipped",
+                     error=f"needs about {needed / 2**30:.2f} GiB per device, the device has {available / 2**30:.2f} GiB free")
+                for s in range(n_seeds)]
+    try:
+        args = kernels.cell_args(shape, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1)
+        compiled, compile_s = programs.get(shape, (seed_array, *args))
+        start = time.perf_counter()
+        metrics = jax.block_until_ready(compiled(seed_array, *args))
+        run_s = time.perf_counter() - start
+        if not bool(np.all(np.asarray(metrics.solved))):
+            # Rank-deficient keys for some seed: rerun the cell with the eigenvalue fallback.
+            compiled, extra = programs.get(shape._replace(fallback=True), (seed_array, *args))
+            compile_s += extra
+            start = time.perf_counter()
+            metrics = jax.block_until_ready(compiled(seed_array, *args))
+            run_s = time.perf_counter() - start
+        values = {k: np.asarray(v)[:n_seeds] for k, v in metrics._asdict().items()}
+    except Exception as e:  # recorded, and the sweep goes on
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        tb = traceback.format_exc(limit=3).splitlines()[-1][:200]
+        return [dict(base, seed=s, status="error", error=message if message else tb) for s in range(n_seeds)]
+    flops = kernels.flops(cell.kernel, cell.n, cell.d, cell.dv, spec.acc_queries, cell.passes or 1)
+    rows = []
+    for i in range(n_seeds):
+        metric_values = {k: float(values[k][i]) for k in
+                         ("cos_mean", "cos_std", "dist_mean", "acc", "baseline_cos", "baseline_dist")}
+        finite = all(math.isfinite(v) for v in metric_values.values())
+        rows.append(dict(
+            base, seed=i, **metric_values, acc_queries=int(values["acc_queries"][i]),
+            method=kernels.METHOD_NAMES[int(values["method"][i])],
+            compile_s=compile_s / n_seeds, run_s=run_s / n_seeds, flops=flops,
+            gflops=flops / (run_s / n_seeds) / 1e9 if run_s > 0 else None,
+            status="ok" if finite else "nan",
+            error=None if finite else "non-finite metrics (overflow or a singular solve)",
+        ))
+    return rows
+
+
+def _base_row(cell: Cell, spec: SweepSpec, shape: kernels.CellShape, run_id: str) -> dict[str, Any]:
+    row = dict(
+        run_id=run_id, cell_id=cell.id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
+        d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise,
+        baseline_cos_theory=theory.baseline_cos(cell.dv, cell.patterns),
+        baseline_dist_theory=theory.baseline_dist(cell.dv, cell.patterns),
+        theory_cos=_nan_to_none(theory.theory_cos(cell.kernel, cell.d, cell.n, cell.noise, cell.lam, cell.patterns)),
+        flops=kernels.flops(cell.kernel, cell.n, cell.d, cell.dv, spec.acc_queries, cell.passes or 1),
+    )
+    for knob in ("lam", "eta", "passes"):
+        row[knob] = getattr(cell, knob) if knob in KNOBS[cell.kernel] else None
+    return row
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
