@@ -106,16 +106,17 @@ def _setting_figure(group: pd.DataFrame, title: str) -> Figure:
     axes = fig.subplots(1, 3)
     ds = sorted(group["d"].unique())
     colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(ds), 1)))
-    panels = [("cos", "cosine similarity (recalled, true)", "baseline_cos", "theory_cos"),
-              ("dist", "euclidean distance (recalled, true)", "baseline_dist", None),
-              ("acc", "nearest-neighbour accuracy", None, None)]
-    for ax, (metric, label, baseline, theory) in zip(axes, panels):
+    panels = [("cos", "cosine similarity (recalled, true)", "baseline_cos", "theory_cos", (-1, 1)),
+              ("dist", "euclidean distance (recalled, true)", "baseline_dist", None, (0, np.inf)),
+              ("acc", "nearest-neighbour accuracy", None, None, (0, 1))]
+    for ax, (metric, label, baseline, theory, (lo, hi)) in zip(axes, panels):
         for colour, d in zip(colours, ds):
             g = group[group["d"] == d].sort_values("n")
             n = g["n"].to_numpy()
             mean, ci = g[metric].to_numpy(), g[f"{metric}_ci"].to_numpy()
             ax.plot(n, mean, "-o", color=colour, ms=3, lw=1.4, label=f"d={d}")
-            ax.fill_between(n, mean - ci, mean + ci, color=colour, alpha=0.2, lw=0)
+            # The band is clipped to the metric's range: with few seeds a t interval overshoots it.
+            ax.fill_between(n, np.clip(mean - ci, lo, hi), np.clip(mean + ci, lo, hi), color=colour, alpha=0.2, lw=0)
             if baseline:
                 ax.plot(n, g[baseline].to_numpy(), "--", color=colour, lw=1, alpha=0.8)
             if theory and g[theory].notna().any():

@@ -116,7 +116,7 @@ def _recall_rows(Q, V, W, precise, acc):
 
 
 def _metrics(shape, key, source, W, n, noise_std, precise, method, ok) -> CellMetrics:
-    dtype = W.dtype
+    dtype = jnp.dtype(shape.dtype)
     acc = matrix.accumulate_dtype(dtype)
     chunk, sample = shape.chunk, shape.sample
     lead = -(-sample // chunk)  # chunks that hold the accuracy sample
@@ -132,7 +132,7 @@ def _metrics(shape, key, source, W, n, noise_std, precise, method, ok) -> CellMe
         queries = c.keys + noise_std * c.noise
 
         def keep_sample():
-            R = queries @ W
+            R = queries @ W.astype(dtype)
             # The same formula as for the others, so exact recall never loses a tie to rounding.
             d2 = jnp.sum(R * R, axis=1) + jnp.sum(c.values**2, axis=1) - 2 * jnp.sum(R * c.values, axis=1)
             return (lax.dynamic_update_index_in_dim(recalled, R, t, 0),

@@ -56,7 +56,7 @@ class Params(NamedTuple):
 
 
 class Written(NamedTuple):
-    """A written memory. W: (d, dv); ok: solve succeeded (else fall back to eigh);
+    """A written memory. W: (d, dv), in the accumulation dtype for pinv and ridge; ok: solve succeeded (else fall back to eigh);
     method: index into METHOD_NAMES; gram: (d, d) and cross: (d, dv), kept for the fallback."""
 
     W: jax.Array
@@ -108,13 +108,14 @@ def write(rule: str, source: ChunkSource, n, params: Params, *, d: int, dv: int,
         return Written(cross.astype(dtype), jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
     if rule == "ridge":
         W, ok = _cholesky_solve(gram + params.lam * jnp.eye(d, dtype=acc), cross)
-        return Written(W.astype(dtype), ok, jnp.int32(PRIMAL), gram, cross)
+        return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
     W, ok, how = lax.cond(
         n >= d,
         lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
         lambda: (*_dual_solve(*first, acc=acc), jnp.int32(DUAL)),
     )
-    return Written(W.astype(dtype), ok, how, gram, cross)
+    # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
+    return Written(W, ok, how, gram, cross)
 
 
 def eigh_fallback(written: Written, n, dtype) -> Written:
@@ -125,7 +126,7 @@ def eigh_fallback(written: Written, n, dtype) -> Written:
     cutoff = evals[-1] * max(d, 1) * jnp.finfo(gram.dtype).eps * 10
     inv = jnp.where(evals > cutoff, 1.0 / jnp.where(evals > cutoff, evals, 1.0), 0.0)
     W = evecs @ (inv[:, None] * (evecs.T @ written.cross))
-    return written._replace(W=W.astype(dtype), ok=jnp.bool_(True), method=jnp.int32(EIGH))
+    return written._replace(W=W, ok=jnp.bool_(True), method=jnp.int32(EIGH))
 
 
 def _accumulate(source, num_chunks, precise, *, d, dv, chunk, dtype, acc, need_gram, stash):
@@ -256,7 +257,7 @@ def _write_arrays(rule, K, V, params, method):
                     d=d, dv=V.shape[1], chunk=chunk, dtype=dtype, method=method)
     if rule in ("pinv", "ridge") and method == "gram64":
         written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, n, dtype))
-    return written.W
+    return written.W.astype(dtype)
 
 
 @partial(jax.jit, static_argnames="method")

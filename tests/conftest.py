@@ -1,0 +1,91 @@
+"""Shared test settings: the suite's JAX configuration, a deterministic hypothesis profile,
+the tolerance table, and NumPy float64 references."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from bench.environment import configure_jax
+
+configure_jax()
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import patterns  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+settings.register_profile("ci", derandomize=True, max_examples=8, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Absolute tolerances on recall metrics (cosine, and distance relative to the random baseline),
+# keyed by dtype: the acceptance bar of the suite against float64 NumPy.
+TOLERANCE = {"float32": {"cos": 1e-4, "dist_rel": 1e-3, "dist_base": 1e-4},
+             "float64": {"cos": 1e-10, "dist_rel": 1e-8, "dist_base": 1e-10}}
+
+
+def materialize(seed: int, n: int, shape: kernels.CellShape):
+    """The exact pairs and query noise a cell streams, as float64 NumPy arrays."""
+    key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
+    chunks = [patterns.chunk_of_pairs(key, jnp.int32(j), n, chunk=shape.chunk, d=shape.d, dv=shape.dv,
+                                      dist=shape.dist, dtype=jnp.dtype(shape.dtype), with_noise=True)
+              for j in range(-(-n // shape.chunk))]
+    cat = lambda f: np.concatenate([np.asarray(getattr(c, f), np.float64) for c in chunks])[:n]
+    return cat("keys"), cat("values"), cat("noise")
+
+
+def reference_write(rule: str, K, V, lam=1.0, eta=1.0, passes=1):
+    """float64 NumPy: the textbook form of every write rule."""
+    if rule == "pinv":
+        return np.linalg.lstsq(K, V, rcond=None)[0]
+    if rule == "hebbian":
+        return K.T @ V
+    if rule == "ridge":
+        return np.linalg.solve(K.T @ K + lam * np.eye(K.shape[1]), K.T @ V)
+    if rule == "delta":
+        W = np.zeros((K.shape[1], V.shape[1]))
+        for _ in range(passes):
+            for k, v in zip(K, V):
+                norm = k @ k
+                if norm > 0:
+                    W += (eta / norm) * np.outer(k, v - k @ W)
+        return W
+    raise ValueError(rule)
+
+
+def reference_metrics(K, V, E, W, noise_std, sample):
+    """cos mean/std, mean distance and nearest-neighbour accuracy, in float64."""
+    R = (K + noise_std * E) @ W
+    rn, vn = np.linalg.norm(R, axis=1), np.linalg.norm(V, axis=1)
+    cos = np.sum(R * V, axis=1) / np.where(rn * vn > 0, rn * vn, 1.0)
+    dist = np.linalg.norm(R - V, axis=1)
+    m = min(len(K), sample)
+    d2 = ((R[:m, None, :] - V[None, :, :]) ** 2).sum(-1)
+    own = d2[np.arange(m), np.arange(m)]
+    d2[np.arange(m), np.arange(m)] = np.inf
+    acc = float(np.mean(own < d2.min(axis=1))) if len(K) > 1 else 1.0
+    return {"cos_mean": cos.mean(), "cos_std": cos.std(), "dist_mean": dist.mean(), "acc": acc}
+
+
+def run_env(**extra) -> dict[str, str]:
+    """Environment for a subprocess of the suite: repository importable, extras on top."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,155 @@
+"""The streamed sweep cell: metrics against float64 NumPy on the very same pairs, theory
+curves, bounded memory, and one compiled program for every n."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+
+import kernels
+from bench import theory
+from tests.conftest import TOLERANCE, materialize, reference_metrics, reference_write
+
+
+def _cell(rule, d, n, noise=0.0, seeds=2, dist="gaussian", dtype="float32", lam=1.0, eta=1.0, passes=1, chunk=None,
+          sample=1024, method="gram64"):
+    shape = kernels.CellShape(rule, d, d, dist, dtype=dtype, chunk=chunk or kernels.default_chunk(d, d), sample=sample,
+                              method=method)
+    out = kernels.run_cell(shape, jax.numpy.arange(seeds, dtype=jax.numpy.int32),
+                           *kernels.cell_args(shape, n, noise, lam, eta, passes))
+    return shape, {k: np.asarray(v) for k, v in out._asdict().items()}
+
+
+CASES = [  # (rule, d, n, noise): n < d, n = d (worst conditioned), n > d, n = 1, several chunks
+    ("pinv", 64, 32, 0.0), ("pinv", 64, 64, 0.0), ("pinv", 128, 128, 0.0), ("pinv", 32, 1000, 0.0),
+    ("pinv", 16, 1, 0.0), ("pinv", 64, 64, 0.1), ("pinv", 64, 300, 0.2),
+    ("hebbian", 32, 100, 0.0), ("hebbian", 32, 100, 0.3),
+    ("ridge", 64, 64, 0.0), ("ridge", 32, 500, 0.1),
+    ("delta", 32, 20, 0.0), ("delta", 16, 70, 0.1),
+]
+
+
+@pytest.mark.parametrize("rule,d,n,noise", CASES)
+def test_cell_metrics_match_float64_numpy_on_the_same_pairs(rule, d, n, noise):
+    shape, got = _cell(rule, d, n, noise, chunk=64, sample=50)
+    tol = TOLERANCE["float32"]
+    for s in range(2):
+        K, V, E = materialize(s, n, shape)
+        W = reference_write(rule, K, V, lam=1.0, eta=1.0, passes=1)
+        ref = reference_metrics(K, V, E, W, noise * kernels.entry_scale("gaussian", d), sample=50)
+        base = theory.baseline_dist(d)
+        assert abs(got["cos_mean"][s] - ref["cos_mean"]) <= tol["cos"], (got["cos_mean"][s], ref["cos_mean"])
+        assert abs(got["cos_std"][s] - ref["cos_std"]) <= 10 * tol["cos"]
+        if ref["dist_mean"] > 0.01 * base:
+            assert abs(got["dist_mean"][s] - ref["dist_mean"]) <= tol["dist_rel"] * ref["dist_mean"]
+        else:
+            assert abs(got["dist_mean"][s] - ref["dist_mean"]) <= tol["dist_base"] * base
+        assert got["acc"][s] == pytest.approx(ref["acc"], abs=1.5 / 50)
+        assert got["acc_queries"][s] == min(n, 50)
+        assert got["solved"][s]
+
+
+@pytest.mark.parametrize("method", ["gram64", "qr32"])
+def test_method_is_recorded(method):
+    _, got = _cell("pinv", 32, 16, method=method)
+    names = {kernels.METHOD_NAMES[int(m)] for m in got["method"]}
+    assert names == ({"gram64-dual-cholesky"} if method == "gram64" else {"qr32"})
+    _, got = _cell("pinv", 32, 64, method=method)
+    assert {kernels.METHOD_NAMES[int(m)] for m in got["method"]} == ({"gram64-cholesky"} if method == "gram64" else {"qr32"})
+
+
+@pytest.mark.parametrize("d,n", [(2, 2), (2, 5), (4, 3)])
+def test_rank_deficient_binary_keys_need_and_get_the_fallback(d, n):
+    # Random +-1 keys in 2 or 4 dimensions repeat (up to sign) often: K is rank deficient.
+    shape = kernels.CellShape("pinv", d, d, "binary", chunk=64, sample=64)
+    seeds = jax.numpy.arange(8, dtype=jax.numpy.int32)
+    args = kernels.cell_args(shape, n, 0.0)
+    plain = kernels.run_cell(shape, seeds, *args)
+    assert not np.all(np.asarray(plain.solved))
+    fixed = kernels.run_cell(shape._replace(fallback=True), seeds, *args)
+    assert np.all(np.asarray(fixed.solved)) and np.all(np.isfinite(np.asarray(fixed.cos_mean)))
+    for s in range(8):
+        K, V, E = materialize(s, n, shape)
+        ref = reference_metrics(K, V, E, np.linalg.pinv(K) @ V, 0.0, 64)
+        assert abs(float(fixed.cos_mean[s]) - ref["cos_mean"]) < 1e-4
+        assert abs(float(fixed.dist_mean[s]) - ref["dist_mean"]) < 1e-4
+
+
+@pytest.mark.parametrize("rule,d,n", [("pinv", 64, 128), ("pinv", 64, 512), ("pinv", 128, 1024),
+                                      ("hebbian", 64, 128), ("hebbian", 64, 1024), ("hebbian", 128, 512),
+                                      ("ridge", 64, 256)])
+def test_measured_curves_follow_theory(rule, d, n):
+    _, got = _cell(rule, d, n, seeds=3, sample=16, lam=10.0)
+    expected = theory.theory_cos(rule, d, n, 0.0, lam=10.0)
+    assert abs(got["cos_mean"].mean() - expected) < 0.01, (got["cos_mean"].mean(), expected)
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.3])
+def test_noisy_pinv_follows_theory_away_from_n_equals_d(noise):
+    for n in (16, 256):
+        _, got = _cell("pinv", 64, n, noise, seeds=3, sample=16)
+        assert abs(got["cos_mean"].mean() - theory.theory_cos("pinv", 64, n, noise)) < 0.02
+
+
+def test_pinv_noise_peak_at_n_equals_d_is_visible():
+    dist = {n: _cell("pinv", 64, n, 0.1, seeds=3, sample=16)[1]["dist_mean"].mean() for n in (32, 64, 128)}
+    assert dist[64] > 2 * dist[32] and dist[64] > 1.2 * dist[128], dist
+
+
+def test_baselines_match_their_analytic_values():
+    for dist in ("gaussian", "sphere", "binary"):
+        _, got = _cell("hebbian", 64, 8, dist=dist, sample=8)
+        assert abs(got["baseline_cos"].mean()) < 0.02
+        assert got["baseline_dist"].mean() == pytest.approx(theory.baseline_dist(64, dist), rel=0.01)
+
+
+def test_one_compiled_program_serves_every_n_noise_and_knob():
+    shape = kernels.CellShape("ridge", 32, 32, "gaussian", chunk=64, sample=32)
+    traces = []
+
+    def counted(*args):
+        traces.append(1)
+        return kernels.run_cell(shape, *args)
+
+    fn = jax.jit(counted)
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    for n, noise, lam in [(4, 0.0, 1.0), (100, 0.0, 1.0), (1000, 0.2, 3.0)]:
+        jax.block_until_ready(fn(seeds, *kernels.cell_args(shape, n, noise, lam)))
+    assert len(traces) == 1
+
+
+def test_memory_is_bounded_independently_of_n():
+    # The compiled program of the d = 1024 family is the one that runs n = 2^20: its temporaries
+    # are what the cell needs, whatever n is.
+    shape = kernels.CellShape("pinv", 1024, 1024, "gaussian", chunk=kernels.default_chunk(1024, 1024))
+    seeds = jax.numpy.arange(1, dtype=jax.numpy.int32)
+    compiled = jax.jit(partial(kernels.run_cell, shape)).lower(seeds, *kernels.cell_args(shape, 4, 0.0)).compile()
+    stats = compiled.memory_analysis()
+    total = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+    assert total < 0.5 * 2**30, total / 2**30
+
+
+def test_same_seed_same_numbers_and_nested_n():
+    # Pairs do not depend on n: the first 10 pairs of n = 10 and n = 300 are the same.
+    shape = kernels.CellShape("pinv", 8, 8, "gaussian", chunk=64)
+    K10, _, _ = materialize(0, 10, shape)
+    K300, _, _ = materialize(0, 300, shape)
+    np.testing.assert_array_equal(K10, K300[:10])
+    _, a = _cell("pinv", 8, 30)
+    _, b = _cell("pinv", 8, 30)
+    np.testing.assert_array_equal(a["cos_mean"], b["cos_mean"])
+
+
+def test_float64_cells_match_numpy_tightly():
+    shape, got = _cell("pinv", 32, 32, dtype="float64", chunk=64, sample=32)
+    K, V, E = materialize(0, 32, shape)
+    ref = reference_metrics(K, V, E, np.linalg.lstsq(K, V, rcond=None)[0], 0.0, 32)
+    assert abs(got["cos_mean"][0] - ref["cos_mean"]) < 1e-10
+
+
+def test_flops_count_the_big_terms():
+    assert kernels.flops("pinv", 2048, 1024, 1024, 1024) >= 4 * 2 * 2048 * 1024 * 1024
+    assert kernels.flops("hebbian", 100, 10, 10, 50) < kernels.flops("pinv", 100, 10, 10, 50)
