@@ -168,6 +168,9 @@ def _metrics(shape, key, source, W, n, noise_std, precise, method, ok) -> CellMe
     hits = jnp.sum(in_sample & (own < nearest_other))
 
     bx, by = patterns.baseline_pairs(key, BASELINE_PAIRS, shape.dv, shape.dist, dtype)
+    # In the accumulation dtype: the mean cosine is ~0 by cancellation of O(1) terms, so float32
+    # rounding would be most of its value (and would differ with the batch layout).
+    bx, by = bx.astype(acc), by.astype(acc)
     b_norms = jnp.linalg.norm(bx, axis=1) * jnp.linalg.norm(by, axis=1)
     baseline_cos = jnp.mean(jnp.sum(bx * by, axis=1) / jnp.where(b_norms > 0, b_norms, 1.0))
     baseline_dist = jnp.mean(jnp.linalg.norm(bx - by, axis=1))
