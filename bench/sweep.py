@@ -58,7 +58,8 @@ class _Programs:
 def cell_shape(cell: Cell, spec: SweepSpec) -> kernels.CellShape:
     method = kernels.default_method() if spec.method == "auto" else spec.method
     return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=cell.patterns, dtype=cell.dtype,
-                             chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method)
+                             chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method,
+                             noisy=cell.noise > 0)
 
 
 def estimate_bytes(shape: kernels.CellShape, seeds_per_device: int) -> int:

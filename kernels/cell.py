@@ -22,6 +22,7 @@ class CellShape(NamedTuple):
 
     sample: the most queries scored for nearest-neighbour accuracy (the first
     min(n, sample) pairs: pairs are i.i.d., so they are a uniform random sample).
+    noisy: whether queries get noise (the noise level itself is traced).
     fallback: include the eigenvalue pseudoinverse for rank-deficient keys. It costs compile
     time, so a sweep compiles it only for a cell whose ``solved`` came back False."""
 
@@ -33,13 +34,15 @@ class CellShape(NamedTuple):
     chunk: int = 256
     sample: int = 1024
     method: str = "gram64"
+    noisy: bool = False
     fallback: bool = False
 
 
 class CellMetrics(NamedTuple):
     """Per seed (leading axis S). cos_*/dist_mean: over all n stored pairs; acc: over
     acc_queries sampled pairs; baseline_*: over BASELINE_PAIRS independent random pairs;
-    method: index into kernels.matrix.METHOD_NAMES."""
+    method: index into kernels.matrix.METHOD_NAMES; solved: the solve succeeded (False: the
+    keys are rank deficient and the cell needs the fallback)."""
 
     cos_mean: jax.Array
     cos_std: jax.Array
@@ -57,136 +60,149 @@ def default_chunk(d: int, dv: int) -> int:
     return int(min(4096, max(64, 2 ** math.floor(math.log2(2**18 / max(d, dv))))))
 
 
+class _Stats(NamedTuple):
+    recalled: jax.Array       # (lead, chunk, dv) recalls of the accuracy sample
+    own: jax.Array            # (lead, chunk) squared distance to the own value
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
+    dist_sum: jax.Array
+    nearest_other: jax.Array  # (sample,) squared distance to the nearest other value
+    base_cos: jax.Array
+    base_dist: jax.Array
+
+
 def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params) -> CellMetrics:
     """seeds: (S,) int32; n: int scalar; noise: relative query noise (std of the added
-    Gaussian in units of a key coordinate's rms); params: traced knobs. Pure and jittable."""
-    dtype = jnp.dtype(shape.dtype)
-    n = jnp.asarray(n, jnp.int32)
-    noise = jnp.asarray(noise, dtype)
+    Gaussian in units of a key coordinate's rms); params: traced knobs. Pure and jittable.
 
-    def source_for(key, with_noise):
-        def source(j):
-            return patterns.chunk_of_pairs(key, j, n, chunk=shape.chunk, d=shape.d, dv=shape.dv,
-                                           dist=shape.dist, dtype=dtype, with_noise=with_noise)
-        return source
-
-    def write_one(seed):
-        source = source_for(patterns.stream_key(seed, shape.d, shape.dv, shape.dist), False)
-
-        def pairs(j):
-            c = source(j)
-            return c.keys, c.values, c.valid
-
-        return matrix.write(shape.rule, pairs, n, params,
-                            d=shape.d, dv=shape.dv, chunk=shape.chunk, dtype=dtype, method=shape.method)
-
-    written = jax.vmap(write_one)(seeds)
-    if shape.fallback and shape.rule in ("pinv", "ridge") and shape.method == "gram64":
-        # Decided once for the whole batch, so the (rare, costly) eigendecomposition runs only
-        # when some seed's keys are rank deficient, and only those seeds take its answer.
-        def fall_back(w):
-            alt = jax.vmap(lambda x: matrix.eigh_fallback(x, n, dtype))(w)
-            keep = lambda a, b: jnp.where(w.ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-            return jax.tree.map(keep, w, alt)
-
-        written = lax.cond(jnp.all(written.ok), lambda w: w, fall_back, written)
-
-    precise = matrix.is_precise(shape.rule, n, shape.d)
-
-    def metrics_one(seed, W, method, ok):
-        key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
-        source = source_for(key, noise > 0)
-        noise_std = noise * patterns.entry_scale(shape.dist, shape.d)
-        return _metrics(shape, key, source, W, n, noise_std, precise, method, ok)
-
-    return jax.vmap(metrics_one)(seeds, written.W, written.method, written.ok)
+    Two loops per seed, each with one random-number call site: the write, then the recall of
+    the accuracy sample (the first min(n, sample) pairs), of every chunk, and of the
+    random-baseline pairs."""
+    if shape.chunk % 2:
+        raise ValueError(f"chunk must be even, got {shape.chunk}")
+    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, params))(seeds)
 
 
-def _recall_rows(Q, V, W, precise, acc):
-    """Per-row cosine and distance between Q W and V, in float64 where K is ill conditioned."""
-
-    def rows(dt):
-        R = Q.astype(dt) @ W.astype(dt)
-        Vd = V.astype(dt)
-        rn, vn = jnp.linalg.norm(R, axis=1), jnp.linalg.norm(Vd, axis=1)
-        cos = jnp.sum(R * Vd, axis=1) / jnp.where(rn * vn > 0, rn * vn, 1.0)
-        return cos.astype(acc), jnp.linalg.norm(R - Vd, axis=1).astype(acc)
-
-    return lax.cond(precise, lambda: rows(acc), lambda: rows(Q.dtype))
-
-
-def _metrics(shape, key, source, W, n, noise_std, precise, method, ok) -> CellMetrics:
+def _run_seed(shape: CellShape, seed, n, noise, params) -> CellMetrics:
     dtype = jnp.dtype(shape.dtype)
     acc = matrix.accumulate_dtype(dtype)
-    chunk, sample = shape.chunk, shape.sample
-    lead = -(-sample // chunk)  # chunks that hold the accuracy sample
+    n = jnp.asarray(n, jnp.int32)
+    chunk, sample, dv = shape.chunk, shape.sample, shape.dv
+    writer = matrix.Writer(shape.rule, shape.d, dv, chunk, dtype, shape.method)
+    key = patterns.stream_key(seed, shape.d, dv, shape.dist)
+    noise_std = jnp.asarray(noise, dtype) * patterns.entry_scale(shape.dist, shape.d)
+    precise = matrix.is_precise(shape.rule, n, shape.d)
+
+    num_chunks = (n + chunk - 1) // chunk
+    lead_max = -(-sample // chunk)
     m = jnp.minimum(n, sample)
-    in_sample = jnp.arange(sample) < m
+    lead = (m + chunk - 1) // chunk
+    base_steps = -(-BASELINE_PAIRS // (chunk // 2))
 
-    # One loop, one random-number call site: steps 0..lead-1 recall the accuracy sample (the
-    # first min(n, sample) pairs), then every chunk is recalled, scored and compared with it.
-    def body(t, carry):
-        recalled, own, count, mean, m2, dist_sum, nearest_other = carry
-        j = jnp.where(t < lead, t, t - lead)
-        c = source(j)
-        queries = c.keys + noise_std * c.noise
+    def pairs(j):
+        keys, values, _ = patterns.draw_chunk(key, j, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist, dtype=dtype,
+                                              noisy=False)
+        valid = j * chunk + jnp.arange(chunk) < n
+        return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
-        def keep_sample():
-            R = queries @ W.astype(dtype)
+    # The write is its own loop: carrying the Gram matrix through the recall loop's branches
+    # would copy it at every step.
+    written = matrix.write(shape.rule, pairs, n, params, d=shape.d, dv=dv, chunk=chunk, dtype=dtype,
+                           method=shape.method)
+    if shape.fallback and shape.rule in ("pinv", "ridge") and not writer.uses_qr:
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, n, dtype))
+
+    zero = jnp.zeros((), acc)
+    stats0 = _Stats(jnp.zeros((lead_max, chunk, dv), dtype), jnp.zeros((lead_max, chunk), dtype), zero, zero, zero,
+                    zero, jnp.full((sample,), jnp.inf, dtype), zero, zero)
+    ends = jnp.cumsum(jnp.stack([lead, num_chunks]))
+    W = written.W
+    W_low = W.astype(dtype)  # cast once, outside the loop
+
+    # One loop, one random-number call site: recall the accuracy sample, then recall and score
+    # every chunk against it, then draw the random-baseline pairs.
+    def body(t, stats):
+        phase = jnp.sum(t >= ends)
+        local = t - jnp.concatenate([jnp.zeros(1, ends.dtype), ends])[phase]
+        j = local
+        index = jnp.where(phase == 2, patterns.BASELINE_CHUNKS_FROM + local, j)
+        keys, values, eps = patterns.draw_chunk(key, index, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist,
+                                                dtype=dtype, noisy=shape.noisy)
+        valid = (phase == 2) | (jnp.where(phase == 2, 0, j) * chunk + jnp.arange(chunk) < n)
+        keys, values, eps = (jnp.where(valid[:, None], x, 0) for x in (keys, values, eps))
+        queries = keys + noise_std * eps
+
+        def sample_step():
+            R = queries @ W_low
             # The same formula as for the others, so exact recall never loses a tie to rounding.
-            d2 = jnp.sum(R * R, axis=1) + jnp.sum(c.values**2, axis=1) - 2 * jnp.sum(R * c.values, axis=1)
-            return (lax.dynamic_update_index_in_dim(recalled, R, t, 0),
-                    lax.dynamic_update_index_in_dim(own, d2, t, 0), count, mean, m2, dist_sum, nearest_other)
+            d2 = jnp.sum(R * R, axis=1) + jnp.sum(values**2, axis=1) - 2 * jnp.sum(R * values, axis=1)
+            return stats._replace(recalled=lax.dynamic_update_index_in_dim(stats.recalled, R, local, 0),
+                                  own=lax.dynamic_update_index_in_dim(stats.own, d2, local, 0))
 
-        def score_chunk():
-            cos, dist = _recall_rows(queries, c.values, W, precise, acc)
-            weight = c.valid.astype(acc)
+        def score_step():
+            cos, dist = _recall_rows(queries, values, W, W_low, precise, acc)
+            weight = valid.astype(acc)
             # Chan et al.'s pairwise update: mean and spread without cancellation.
             c_count = jnp.sum(weight)
             c_mean = jnp.sum(weight * cos) / jnp.maximum(c_count, 1)
             c_m2 = jnp.sum(weight * (cos - c_mean) ** 2)
-            total = count + c_count
-            delta = c_mean - mean
-            new_mean = mean + delta * c_count / jnp.maximum(total, 1)
-            new_m2 = m2 + c_m2 + delta**2 * count * c_count / jnp.maximum(total, 1)
-            # Nearest other stored value of each sampled recall.
-            Rs = recalled.reshape(-1, recalled.shape[-1])[:sample]
-            d2 = jnp.sum(Rs * Rs, axis=1)[:, None] + jnp.sum(c.values**2, axis=1)[None, :] - 2 * (Rs @ c.values.T)
+            total = stats.count + c_count
+            delta = c_mean - stats.mean
+            Rs = stats.recalled.reshape(-1, dv)[:sample]
+            d2 = jnp.sum(Rs * Rs, axis=1)[:, None] + jnp.sum(values**2, axis=1)[None, :] - 2 * (Rs @ values.T)
             cols = j * chunk + jnp.arange(chunk)
-            other = c.valid[None, :] & (cols[None, :] != jnp.arange(sample)[:, None])
-            nearest = jnp.minimum(nearest_other, jnp.min(jnp.where(other, d2, jnp.inf), axis=1))
-            return recalled, own, total, new_mean, new_m2, dist_sum + jnp.sum(weight * dist), nearest
+            other = valid[None, :] & (cols[None, :] != jnp.arange(sample)[:, None])
+            return stats._replace(
+                count=total,
+                mean=stats.mean + delta * c_count / jnp.maximum(total, 1),
+                m2=stats.m2 + c_m2 + delta**2 * stats.count * c_count / jnp.maximum(total, 1),
+                dist_sum=stats.dist_sum + jnp.sum(weight * dist),
+                nearest_other=jnp.minimum(stats.nearest_other, jnp.min(jnp.where(other, d2, jnp.inf), axis=1)))
 
-        return lax.cond(t < lead, keep_sample, score_chunk)
+        def baseline_step():
+            # Independent random vectors of the value distribution: the two halves of a chunk.
+            # In the accumulation dtype: the mean cosine is ~0 by cancellation of O(1) terms.
+            x, y = values[: chunk // 2].astype(acc), values[chunk // 2:].astype(acc)
+            norms = jnp.linalg.norm(x, axis=1) * jnp.linalg.norm(y, axis=1)
+            cos = jnp.sum(x * y, axis=1) / jnp.where(norms > 0, norms, 1.0)
+            return stats._replace(base_cos=stats.base_cos + jnp.sum(cos),
+                                                  base_dist=stats.base_dist + jnp.sum(jnp.linalg.norm(x - y, axis=1)))
 
-    zero = jnp.zeros((), acc)
-    init = (jnp.zeros((lead, chunk, W.shape[1]), dtype), jnp.zeros((lead, chunk), dtype), zero, zero, zero,
-            zero, jnp.full((sample,), jnp.inf, dtype))
-    steps = lead + (n + chunk - 1) // chunk
-    recalled, own, count, mean, m2, dist_sum, nearest_other = lax.fori_loop(0, steps, body, init)
-    own = own.reshape(-1)[:sample]
-    hits = jnp.sum(in_sample & (own < nearest_other))
+        return lax.switch(phase, [sample_step, score_step, baseline_step])
 
-    bx, by = patterns.baseline_pairs(key, BASELINE_PAIRS, shape.dv, shape.dist, dtype)
-    # In the accumulation dtype: the mean cosine is ~0 by cancellation of O(1) terms, so float32
-    # rounding would be most of its value (and would differ with the batch layout).
-    bx, by = bx.astype(acc), by.astype(acc)
-    b_norms = jnp.linalg.norm(bx, axis=1) * jnp.linalg.norm(by, axis=1)
-    baseline_cos = jnp.mean(jnp.sum(bx * by, axis=1) / jnp.where(b_norms > 0, b_norms, 1.0))
-    baseline_dist = jnp.mean(jnp.linalg.norm(bx - by, axis=1))
+    st = lax.fori_loop(0, ends[-1] + base_steps, body, stats0)
+    own = st.own.reshape(-1)[:sample]
+    hits = jnp.sum((jnp.arange(sample) < m) & (own < st.nearest_other))
+    base_pairs = base_steps * (chunk // 2)
     bad = ~jnp.all(jnp.isfinite(W))
     nan_if_bad = lambda x: jnp.where(bad, jnp.nan, x)
     return CellMetrics(
-        cos_mean=nan_if_bad(mean),
-        cos_std=nan_if_bad(jnp.sqrt(m2 / jnp.maximum(count, 1))),
-        dist_mean=nan_if_bad(dist_sum / jnp.maximum(count, 1)),
+        cos_mean=nan_if_bad(st.mean),
+        cos_std=nan_if_bad(jnp.sqrt(st.m2 / jnp.maximum(st.count, 1))),
+        dist_mean=nan_if_bad(st.dist_sum / jnp.maximum(st.count, 1)),
         acc=nan_if_bad(hits.astype(acc) / m),
         acc_queries=m,
-        baseline_cos=baseline_cos.astype(acc),
-        baseline_dist=baseline_dist.astype(acc),
-        method=method,
-        solved=ok,
+        baseline_cos=st.base_cos / base_pairs,
+        baseline_dist=st.base_dist / base_pairs,
+        method=written.method,
+        solved=written.ok,
     )
+
+
+def _recall_rows(Q, V, W, W_low, precise, acc):
+    """Per-row cosine and distance between Q W and V: the product in float64 where K is ill
+    conditioned, the per-row reductions always in the accumulation dtype (so that rows agree
+    to ~1e-15 whatever the batch layout, 1 device or 4)."""
+
+    def rows(R):
+        R = R.astype(acc)
+        Vd = V.astype(acc)
+        rn, vn = jnp.linalg.norm(R, axis=1), jnp.linalg.norm(Vd, axis=1)
+        cos = jnp.sum(R * Vd, axis=1) / jnp.where(rn * vn > 0, rn * vn, 1.0)
+        return cos, jnp.linalg.norm(R - Vd, axis=1)
+
+    return lax.cond(precise, lambda: rows(Q.astype(acc) @ W.astype(acc)), lambda: rows(Q @ W_low))
 
 
 def flops(rule: str, n: int, d: int, dv: int, sample: int, passes: int = 1) -> float:

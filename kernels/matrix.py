@@ -81,41 +81,127 @@ def is_precise(rule: str, n, d: int):
 
 
 # ---------------------------------------------------------------------------------------
-# The write, over a chunk source (array or PRNG stream).
+# The write as a fold: init -> update(chunk) for every chunk (and pass) -> finalize. The sweep
+# drives these three from its single loop; ``write`` drives them over any chunk source.
+
+
+class Writer(NamedTuple):
+    """Static description of a write: which rule, sizes, dtypes, and how to solve."""
+
+    rule: str
+    d: int
+    dv: int
+    chunk: int
+    dtype: jnp.dtype
+    method: str = "gram64"
+
+    @property
+    def acc(self) -> jnp.dtype:
+        return accumulate_dtype(self.dtype)
+
+    @property
+    def stash(self) -> int:
+        """Chunks kept as they are: the first d pairs, all of them when n < d (dual solve)."""
+        return -(-self.d // self.chunk) if self.rule == "pinv" and self.method == "gram64" else 0
+
+    @property
+    def uses_qr(self) -> bool:
+        return self.method == "qr32" and self.rule in ("pinv", "ridge")
+
+    def passes(self, params: Params):
+        return params.passes if self.rule == "delta" else 1
+
+
+class WriteState(NamedTuple):
+    """What the fold carries. Fields a rule does not use are (1, 1) placeholders."""
+
+    gram: jax.Array    # (d, d) K^T K, accumulation dtype
+    cross: jax.Array   # (d, dv) K^T V, accumulation dtype
+    W: jax.Array       # (d, dv) running memory of the delta rule
+    R: jax.Array       # (d + dv, d + dv) triangular factor of [K | V] (qr32)
+    first: tuple       # stashed (chunks, chunk, d) keys, (chunks, chunk, dv) values, (chunks, chunk) valid
+
+
+def write_init(w: Writer, params: Params) -> WriteState:
+    if w.rule not in RULES:
+        raise ValueError(f"unknown matrix memory {w.rule!r}; use one of {', '.join(RULES)}")
+    if w.method not in METHODS:
+        raise ValueError(f"unknown method {w.method!r}; use one of {', '.join(METHODS)}")
+    d, dv, acc, dtype = w.d, w.dv, w.acc, w.dtype
+    placeholder = jnp.zeros((1, 1), dtype)
+    gram = jnp.zeros((d, d), acc) if w.rule in ("pinv", "ridge") and not w.uses_qr else jnp.zeros((1, 1), acc)
+    cross = jnp.zeros((d, dv), acc) if w.rule != "delta" and not w.uses_qr else jnp.zeros((1, 1), acc)
+    W = jnp.zeros((d, dv), dtype) if w.rule == "delta" else placeholder
+    if w.uses_qr:
+        # Starting from R11 = sqrt(lam) I solves ridge: the QR of K stacked on sqrt(lam) I.
+        lam = params.lam if w.rule == "ridge" else 0.0
+        R = jnp.zeros((d + dv, d + dv), dtype).at[:d, :d].set(jnp.sqrt(jnp.asarray(lam, dtype)) * jnp.eye(d, dtype=dtype))
+    else:
+        R = placeholder
+    rows = max(w.stash, 1)
+    first = (jnp.zeros((rows, w.chunk, d), dtype), jnp.zeros((rows, w.chunk, dv), dtype),
+             jnp.zeros((rows, w.chunk), bool))
+    return WriteState(gram, cross, W, R, first)
+
+
+def write_update(w: Writer, state: WriteState, K, V, valid, j, precise, params: Params) -> WriteState:
+    """Fold chunk number j (keys K (c, d), values V (c, dv), valid (c,)) into the state."""
+    K, V = K.astype(w.dtype), V.astype(w.dtype)
+    acc = w.acc
+    if w.rule == "delta":
+        return state._replace(W=_delta_chunk(state.W, K, V, valid, params.eta, w.dtype))
+    if w.uses_qr:
+        p = w.d + w.dv
+        stacked = jnp.concatenate([state.R, jnp.concatenate([K, V], axis=1)])
+        return state._replace(R=jnp.linalg.qr(stacked, mode="r")[:p])
+    first = state.first
+    if w.stash:
+        keep = lambda buf, x: lax.dynamic_update_index_in_dim(buf, x, jnp.minimum(j, w.stash - 1), 0)
+        first = lax.cond(j < w.stash, lambda: tuple(keep(b, x) for b, x in zip(first, (K, V, valid))),
+                         lambda: first)
+    if w.rule == "hebbian":
+        return state._replace(cross=state.cross + (K.T @ V).astype(acc))
+    # float32 products are exact in float64; only ill-conditioned K pays for float64 sums.
+    wide = lambda: (K.astype(acc).T @ K.astype(acc), K.astype(acc).T @ V.astype(acc))
+    narrow = lambda: ((K.T @ K).astype(acc), (K.T @ V).astype(acc))
+    g, c = lax.cond(precise, wide, narrow)
+    return state._replace(gram=state.gram + g, cross=state.cross + c, first=first)
+
+
+def write_finalize(w: Writer, state: WriteState, n, params: Params) -> Written:
+    gram, cross = state.gram, state.cross
+    if w.rule == "delta":
+        return Written(state.W, jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
+    if w.uses_qr:
+        return Written(_qr_solve(state.R, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR), gram, cross)
+    if w.rule == "hebbian":
+        return Written(cross.astype(w.dtype), jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
+    if w.rule == "ridge":
+        W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.acc), cross)
+        return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
+    W, ok, how = lax.cond(
+        n >= w.d,
+        lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
+        lambda: (*_dual_solve(*state.first, acc=w.acc), jnp.int32(DUAL)),
+    )
+    # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
+    return Written(W, ok, how, gram, cross)
 
 
 def write(rule: str, source: ChunkSource, n, params: Params, *, d: int, dv: int, chunk: int,
           dtype, method: str = "gram64") -> Written:
-    """Fold the first n pairs of ``source`` (chunks of ``chunk`` rows) into a memory."""
-    if rule not in RULES:
-        raise ValueError(f"unknown matrix memory {rule!r}; use one of {', '.join(RULES)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    """Fold the first n pairs of ``source`` (chunk j -> keys, values, valid) into a memory."""
+    w = Writer(rule, d, dv, chunk, jnp.dtype(dtype), method)
     num_chunks = (n + chunk - 1) // chunk
-    acc = accumulate_dtype(dtype)
-    zeros_gram = jnp.zeros((d, d), acc)
-    zeros_cross = jnp.zeros((d, dv), acc)
-    if rule == "delta":
-        W = _delta_chunked(source, num_chunks, params, d=d, dv=dv, dtype=dtype)
-        return Written(W, jnp.bool_(True), jnp.int32(DIRECT), zeros_gram, zeros_cross)
-    if method == "qr32" and rule != "hebbian":
-        W = _qr_write(source, num_chunks, params.lam if rule == "ridge" else 0.0, d=d, dv=dv, dtype=dtype)
-        return Written(W, jnp.bool_(True), jnp.int32(QR), zeros_gram, zeros_cross)
-    stash = -(-d // chunk) if rule == "pinv" else 0
-    gram, cross, first = _accumulate(source, num_chunks, is_precise(rule, n, d), d=d, dv=dv, chunk=chunk,
-                                     dtype=dtype, acc=acc, need_gram=rule != "hebbian", stash=stash)
-    if rule == "hebbian":
-        return Written(cross.astype(dtype), jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
-    if rule == "ridge":
-        W, ok = _cholesky_solve(gram + params.lam * jnp.eye(d, dtype=acc), cross)
-        return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
-    W, ok, how = lax.cond(
-        n >= d,
-        lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
-        lambda: (*_dual_solve(*first, acc=acc), jnp.int32(DUAL)),
-    )
-    # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
-    return Written(W, ok, how, gram, cross)
+    precise = is_precise(rule, n, d)
+
+    def body(t, state):
+        j = t % num_chunks
+        K, V, valid = source(j)
+        return write_update(w, state, K, V, valid, j, precise, params)
+
+    state = lax.fori_loop(0, num_chunks * w.passes(params), body, write_init(w, params))
+    return write_finalize(w, state, n, params)
 
 
 def eigh_fallback(written: Written, n, dtype) -> Written:
@@ -127,32 +213,6 @@ def eigh_fallback(written: Written, n, dtype) -> Written:
     inv = jnp.where(evals > cutoff, 1.0 / jnp.where(evals > cutoff, evals, 1.0), 0.0)
     W = evecs @ (inv[:, None] * (evecs.T @ written.cross))
     return written._replace(W=W, ok=jnp.bool_(True), method=jnp.int32(EIGH))
-
-
-def _accumulate(source, num_chunks, precise, *, d, dv, chunk, dtype, acc, need_gram, stash):
-    """K^T K and K^T V over the chunks, plus the first ``stash`` chunks kept as they are
-    (all the pairs when n < d, for the dual solve; no second random-number call site)."""
-
-    def body(j, carry):
-        gram, cross, (Kf, Vf, valid_f) = carry
-        K, V, valid = source(j)
-        K, V = K.astype(dtype), V.astype(dtype)
-        if stash:
-            keep = lambda buf, x: lax.dynamic_update_index_in_dim(buf, x, jnp.minimum(j, stash - 1), 0)
-            Kf, Vf, valid_f = lax.cond(j < stash, lambda: (keep(Kf, K), keep(Vf, V), keep(valid_f, valid)),
-                                       lambda: (Kf, Vf, valid_f))
-        first = (Kf, Vf, valid_f)
-        if not need_gram:
-            return gram, cross + (K.T @ V).astype(acc), first
-        wide = lambda: (K.astype(acc).T @ K.astype(acc), K.astype(acc).T @ V.astype(acc))
-        narrow = lambda: ((K.T @ K).astype(acc), (K.T @ V).astype(acc))
-        g, c = lax.cond(precise, wide, narrow)
-        return gram + g, cross + c, first
-
-    rows = max(stash, 1)
-    first = (jnp.zeros((rows, chunk, d), dtype), jnp.zeros((rows, chunk, dv), dtype), jnp.zeros((rows, chunk), bool))
-    init = (jnp.zeros((d, d), acc), jnp.zeros((d, dv), acc), first)
-    return lax.fori_loop(0, num_chunks, body, init)
 
 
 def _cholesky_solve(gram, rhs):
@@ -176,31 +236,19 @@ def _dual_solve(K, V, valid, *, acc):
     return K.T @ A, ok
 
 
-def _qr_write(source, num_chunks, lam, *, d, dv, dtype):
-    """Streaming QR of [K | V]: R = [[R11, R12], [0, R22]] and W = R11^+ R12.
-
-    Starting from R11 = sqrt(lam) I solves ridge (it is the QR of K stacked on sqrt(lam) I).
-    """
-    p = d + dv
-    R = jnp.zeros((p, p), dtype).at[:d, :d].set(jnp.sqrt(jnp.asarray(lam, dtype)) * jnp.eye(d, dtype=dtype))
-
-    def body(j, R):
-        K, V, _ = source(j)
-        stacked = jnp.concatenate([R, jnp.concatenate([K, V], axis=1).astype(dtype)])
-        return jnp.linalg.qr(stacked, mode="r")[:p]
-
-    R = lax.fori_loop(0, num_chunks, body, R)
+def _qr_solve(R, d, dtype):
+    """W = R11^+ R12 from the triangular factor R = [[R11, R12], [0, R22]] of [K | V]."""
     u, s, vt = jnp.linalg.svd(R[:d, :d])
     # Rounding leaves exact zeros of a rank-deficient K at ~eps * ||K||; genuine singular
     # values of random K stay far above this at every n (smallest ~ ||K|| / (2d) at n = d).
-    cutoff = s[0] * jnp.finfo(dtype).eps * 4 * math.sqrt(p)
+    cutoff = s[0] * jnp.finfo(dtype).eps * 4 * math.sqrt(R.shape[0])
     inv = jnp.where(s > cutoff, 1.0 / jnp.where(s > cutoff, s, 1.0), 0.0)
     return vt.T @ (inv[:, None] * (u.T @ R[:d, d:]))
 
 
-def _delta_chunked(source, num_chunks, params: Params, *, d, dv, dtype):
+def _delta_chunk(W, K, V, valid, eta, dtype):
     """Delta rule W <- W + b_t k_t^T (v_t - k_t W), b_t = eta / ||k_t||^2, pair after pair,
-    computed a block of pairs at a time (the WY form of DeltaNet's chunkwise rule).
+    over one chunk, a block of pairs at a time (the WY form of DeltaNet's chunkwise rule).
 
     Within a block, the errors u_t = v_t - k_t W_{t-1} satisfy (I + L) U = V - K W_0 with
     L strictly lower triangular, L_ts = b_s k_t.k_s: one triangular solve replaces the
@@ -210,21 +258,16 @@ def _delta_chunked(source, num_chunks, params: Params, *, d, dv, dtype):
     def block_update(W, block):
         K, V, valid = block
         norms = jnp.sum(K * K, axis=1)
-        b = jnp.where(valid & (norms > 0), params.eta / jnp.where(norms > 0, norms, 1.0), 0.0).astype(dtype)
+        b = jnp.where(valid & (norms > 0), eta / jnp.where(norms > 0, norms, 1.0), 0.0).astype(dtype)
         L = jnp.tril(K @ K.T, -1) * b[None, :]
         eye = jnp.eye(K.shape[0], dtype=dtype)
         U = solve_triangular(eye + L, V - K @ W, lower=True, unit_diagonal=True)
         return W + K.T @ (b[:, None] * U), None
 
-    def chunk_update(step, W):
-        K, V, valid = source(step % num_chunks)
-        c = K.shape[0]
-        blk = math.gcd(c, DELTA_BLOCK)
-        blocks = (K.reshape(c // blk, blk, d).astype(dtype), V.reshape(c // blk, blk, dv).astype(dtype),
-                  valid.reshape(c // blk, blk))
-        return lax.scan(block_update, W, blocks)[0]
-
-    return lax.fori_loop(0, num_chunks * params.passes, chunk_update, jnp.zeros((d, dv), dtype))
+    c, d = K.shape
+    blk = math.gcd(c, DELTA_BLOCK)
+    blocks = (K.reshape(c // blk, blk, d), V.reshape(c // blk, blk, V.shape[1]), valid.reshape(c // blk, blk))
+    return lax.scan(block_update, W, blocks)[0]
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 DISTRIBUTIONS = ("gaussian", "sphere", "binary")
 
-# fold_in data that no chunk index reaches: the stream of the random baseline pairs.
-_BASELINE_STREAM = 0x7FFFFFFF
+# Chunk indices from here on are the random-baseline pairs; no pair stream gets this far.
+BASELINE_CHUNKS_FROM = 2**30
 
 
 class Chunk(NamedTuple):
@@ -66,31 +66,24 @@ def stream_key(seed, d: int, dv: int, dist: str) -> jax.Array:
     return key
 
 
-def chunk_of_pairs(key, index, n, *, chunk: int, d: int, dv: int, dist: str, dtype,
-                   with_noise=False) -> Chunk:
-    """Chunk number ``index`` (traced) of the stream ``key``, rows >= n zeroed.
-
-    with_noise: False (static: no noise drawn) or a traced bool; the noise draw is skipped
-    when False, since generating random numbers is a large share of a sweep's time.
-    """
-    k_pairs, k_noise = jax.random.split(jax.random.fold_in(key, index))
-    rows = index * chunk + jnp.arange(chunk)
-    valid = rows < n
-    both = jax.random.normal(k_pairs, (chunk, d + dv), dtype)
-    keys = jnp.where(valid[:, None], shape_patterns(both[:, :d], dist), 0)
-    values = jnp.where(valid[:, None], shape_patterns(both[:, d:], dist), 0)
-    if with_noise is False:
-        noise = jnp.zeros((chunk, d), dtype)
-    else:
-        noise = jax.lax.cond(with_noise, lambda: jax.random.normal(k_noise, (chunk, d), dtype),
-                             lambda: jnp.zeros((chunk, d), dtype))
-    return Chunk(keys, values, noise, valid)
+def draw_chunk(key, index, *, chunk: int, d: int, dv: int, dist: str, dtype, noisy: bool):
+    """Chunk ``index`` of stream ``key``, unmasked: keys (c, d), values (c, dv), and standard
+    normal query noise (c, d) when ``noisy`` (static; else zeros). Keys and values come from
+    one random-number call: every call site of the generator costs compile time."""
+    chunk_key = jax.random.fold_in(key, index)
+    x = jax.random.normal(chunk_key, (chunk, d + dv), dtype)
+    # Noise has its own draw (a second call site, in noisy families only): threefry's numbers
+    # depend on the whole shape drawn, and the pairs must not depend on the noise setting.
+    noise = jax.random.normal(jax.random.fold_in(chunk_key, 1), (chunk, d), dtype) if noisy else jnp.zeros((chunk, d), dtype)
+    return shape_patterns(x[:, :d], dist), shape_patterns(x[:, d:d + dv], dist), noise
 
 
-def baseline_pairs(key, rows: int, dim: int, dist: str, dtype) -> tuple[jax.Array, jax.Array]:
-    """Two independent (rows, dim) draws of the value distribution: the random baseline."""
-    x = sample(jax.random.fold_in(key, _BASELINE_STREAM), (2 * rows, dim), dist, dtype)
-    return x[:rows], x[rows:]
+def chunk_of_pairs(key, index, n, *, chunk: int, d: int, dv: int, dist: str, dtype, noisy: bool = False) -> Chunk:
+    """Chunk number ``index`` (traced) of the stream ``key``, rows >= n zeroed."""
+    keys, values, noise = draw_chunk(key, index, chunk=chunk, d=d, dv=dv, dist=dist, dtype=dtype, noisy=noisy)
+    valid = index * chunk + jnp.arange(chunk) < n
+    mask = valid[:, None]
+    return Chunk(jnp.where(mask, keys, 0), jnp.where(mask, values, 0), jnp.where(mask, noise, 0), valid)
 
 
 def _check_dist(dist: str) -> None:

@@ -36,7 +36,7 @@ def materialize(seed: int, n: int, shape: kernels.CellShape):
     """The exact pairs and query noise a cell streams, as float64 NumPy arrays."""
     key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
     chunks = [patterns.chunk_of_pairs(key, jnp.int32(j), n, chunk=shape.chunk, d=shape.d, dv=shape.dv,
-                                      dist=shape.dist, dtype=jnp.dtype(shape.dtype), with_noise=True)
+                                      dist=shape.dist, dtype=jnp.dtype(shape.dtype), noisy=True)
               for j in range(-(-n // shape.chunk))]
     cat = lambda f: np.concatenate([np.asarray(getattr(c, f), np.float64) for c in chunks])[:n]
     return cat("keys"), cat("values"), cat("noise")

@@ -17,7 +17,7 @@ from tests.conftest import TOLERANCE, materialize, reference_metrics, reference_
 def _cell(rule, d, n, noise=0.0, seeds=2, dist="gaussian", dtype="float32", lam=1.0, eta=1.0, passes=1, chunk=None,
           sample=1024, method="gram64"):
     shape = kernels.CellShape(rule, d, d, dist, dtype=dtype, chunk=chunk or kernels.default_chunk(d, d), sample=sample,
-                              method=method)
+                              method=method, noisy=noise > 0)
     out = kernels.run_cell(shape, jax.numpy.arange(seeds, dtype=jax.numpy.int32),
                            *kernels.cell_args(shape, n, noise, lam, eta, passes))
     return shape, {k: np.asarray(v) for k, v in out._asdict().items()}
@@ -107,7 +107,7 @@ def test_baselines_match_their_analytic_values():
 
 
 def test_one_compiled_program_serves_every_n_noise_and_knob():
-    shape = kernels.CellShape("ridge", 32, 32, "gaussian", chunk=64, sample=32)
+    shape = kernels.CellShape("ridge", 32, 32, "gaussian", chunk=64, sample=32, noisy=True)
     traces = []
 
     def counted(*args):
