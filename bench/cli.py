@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results"), help="where run directories go (default results/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
     p.add_argument("--no-report", action="store_true", help="skip figures and report")
+    p.add_argument("--compile-cache", type=Path, metavar="DIR",
+                   help="JAX persistent compilation cache (default ~/.cache/associative-memory-bench/jax)")
+    p.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: only on a terminal)")
     return p
@@ -107,6 +110,7 @@ def _start(spec: SweepSpec, args) -> int:
     from bench import environment, store
 
     environment.configure_jax()
+    _compile_cache(args)
     run_dir = store.new_run_dir(args.out)
     manifest: dict[str, Any] = {
         "run_id": run_dir.name, "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
@@ -139,6 +143,7 @@ def _resume(args, overrides: dict[str, Any]) -> int:
     from bench import environment
 
     environment.configure_jax()
+    _compile_cache(args)
     manifest["resumed"] = [*manifest.get("resumed", []), _now()]
     manifest["status"] = "running"
     store.write_manifest(run_dir, manifest)
@@ -161,6 +166,16 @@ def _finish(spec: SweepSpec, run_dir: Path, args) -> int:
         report.build(run_dir)
     print(f"run written to {run_dir}")
     return 0
+
+
+def _compile_cache(args) -> None:
+    from bench import environment
+
+    if not args.no_compile_cache:
+        try:
+            environment.enable_compile_cache(args.compile_cache or environment.default_compile_cache())
+        except OSError as e:  # a cache is an optimisation: go on without it
+            print(f"run_all.py: warning: compile cache disabled ({e})", file=sys.stderr)
 
 
 def _show(value) -> str:

@@ -30,6 +30,19 @@ def configure_jax() -> None:
     jax.config.update("jax_threefry_partitionable", False)
 
 
+def default_compile_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "associative-memory-bench" / "jax"
+
+
+def enable_compile_cache(path: Path) -> None:
+    """JAX's persistent compilation cache: a second run of the same families loads its
+    programs instead of compiling them (compile_s then measures the load)."""
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def describe() -> dict[str, Any]:
     devices = jax.devices()
     return {
@@ -41,6 +54,7 @@ def describe() -> dict[str, Any]:
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "x64": bool(jax.config.jax_enable_x64),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+        "compile_cache": jax.config.jax_compilation_cache_dir,
         "host": socket.gethostname(),
         "platform": platform.platform(),
         **_git(),

@@ -1,0 +1,61 @@
+"""The sweep driver in-process: failing and oversized cells are recorded and the sweep goes
+on; compile once per family; the theory and knob columns land in the rows."""
+
+from __future__ import annotations
+
+import math
+
+import kernels
+from bench import environment, store, sweep
+from bench.spec import SweepSpec
+
+
+def _run(spec: SweepSpec, tmp_path):
+    run_dir = store.new_run_dir(tmp_path)
+    store.write_manifest(run_dir, {"run_id": run_dir.name, "spec": spec.to_dict()})
+    manifest = sweep.run_sweep(spec, run_dir, progress=False)
+    return store.load_results(run_dir).sort_values(["kernel", "d", "n", "seed"]).reset_index(drop=True), manifest
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real = kernels.cell_args
+
+    def broken(shape, n, *args):
+        if n == 8:
+            raise RuntimeError("synthetic failure at n = 8")
+        return real(shape, n, *args)
+
+    monkeypatch.setattr(kernels, "cell_args", broken)
+    df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 8, 16), seeds=2), tmp_path)
+    assert list(df["status"]) == ["ok", "ok", "error", "error", "ok", "ok"]
+    assert df.loc[df.n == 8, "error"].str.contains("synthetic failure").all()
+    assert df.loc[df.n == 8, "cos_mean"].isna().all()
+
+
+def test_a_cell_too_big_for_the_device_is_skipped_with_what_it_needed(tmp_path, monkeypatch):
+    monkeypatch.setattr(environment, "device_memory_bytes", lambda: 1000)
+    df, _ = _run(SweepSpec(kernels=("pinv",), d=(8,), n=(4,), seeds=1), tmp_path)
+    assert list(df["status"]) == ["skipped"]
+    assert "needs about" in df["error"][0] and "GiB" in df["error"][0]
+
+
+def test_rows_carry_knobs_theory_and_timings(tmp_path):
+    spec = SweepSpec(kernels=("ridge", "delta"), d=(16,), n=(8, 64), seeds=2, lam=(0.5, 2.0), passes=(1, 3))
+    df, manifest = _run(spec, tmp_path)
+    assert len(df) == (2 + 2) * 2 * 2
+    ridge, delta = df[df.kernel == "ridge"], df[df.kernel == "delta"]
+    assert set(ridge["lam"]) == {0.5, 2.0} and ridge["eta"].isna().all() and ridge["passes"].isna().all()
+    assert set(delta["passes"]) == {1, 3} and delta["lam"].isna().all() and delta["theory_cos"].isna().all()
+    assert ridge["theory_cos"].notna().all()
+    assert manifest["compiled_programs"] == 2  # one per (kernel, d): knobs and n are traced
+    assert (df["flops"] > 0).all() and (df["run_s"] > 0).all() and (df["gflops"] > 0).all()
+    # More passes of the delta rule recall better when the keys fit (n = 8 < d = 16).
+    fit = delta[delta.n == 8].groupby("passes")["cos_mean"].mean()
+    assert fit[3] > fit[1]
+
+
+def test_seeds_that_do_not_divide_the_devices_are_padded_and_dropped(tmp_path):
+    df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(16,), seeds=3), tmp_path)
+    assert list(df["seed"]) == [0, 1, 2]
+    assert df["cos_mean"].nunique() == 3
+    assert all(math.isfinite(v) for v in df["cos_mean"])
