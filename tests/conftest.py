@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,15 @@ def reference_metrics(K, V, E, W, noise_std, sample):
     return {"cos_mean": cos.mean(), "cos_std": cos.std(), "dist_mean": dist.mean(), "acc": acc}
 
 
+_CACHE_HOME = tempfile.mkdtemp(prefix="amem-test-cache-")
+
+
 def run_env(**extra) -> dict[str, str]:
-    """Environment for a subprocess of the suite: repository importable, extras on top."""
+    """Environment for a subprocess of the suite: repository importable, a private compile
+    cache (never the user's), extras on top."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["XDG_CACHE_HOME"] = _CACHE_HOME
     env.update(extra)
     return env
 
