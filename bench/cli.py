@@ -28,7 +28,8 @@ def _csv(kind):
             try:
                 out.append(kind(item))
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r} is not a {kind.__name__}; give a comma-separated list")
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not a {kind.__name__}; give a comma-separated list") from None
         return tuple(out)
 
     parse.__name__ = f"list of {kind.__name__}"
@@ -45,12 +46,13 @@ def _int_list(text: str):
             try:
                 out.extend(2**k for k in range(int(lo[2:]), int(hi.removeprefix("2^")) + 1))
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r}: write a power range as 2^6..2^10")
+                raise argparse.ArgumentTypeError(f"{item!r}: write a power range as 2^6..2^10") from None
             continue
         try:
             out.append(2 ** int(item[2:]) if item.startswith("2^") else int(item))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not an integer; give whole numbers like 64,128 or 2^6..2^10")
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an integer; give whole numbers like 64,128 or 2^6..2^10") from None
     return tuple(out)
 
 
@@ -132,7 +134,7 @@ def _resume(args, overrides: dict[str, Any]) -> int:
     try:
         stored = SweepSpec.from_dict(manifest["spec"])
     except (KeyError, TypeError) as e:
-        raise StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is damaged")
+        raise StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is damaged") from e
     if args.preset is not None and args.preset != stored.preset:
         _fail(f"--preset {args.preset} contradicts the run's preset {stored.preset}; drop the flag to resume")
     merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, settings
 from bench.environment import configure_jax
 
 configure_jax()
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import kernels  # noqa: E402

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from bench import cli, plots, report, store
+from bench import cli, plots, store
 from bench.spec import SpecError, SweepSpec
 from tests.conftest import PYTHON, REPO, run_env
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import jax.numpy as jnp
 import kernels
 from tests.conftest import reference_write
 
