@@ -156,7 +156,12 @@ def _finish(spec: SweepSpec, run_dir: Path, args) -> int:
     from bench import store, sweep
 
     progress = None if args.progress == "auto" else args.progress == "on"
-    manifest = sweep.run_sweep(spec, run_dir, progress=progress)
+    try:
+        manifest = sweep.run_sweep(spec, run_dir, progress=progress)
+    except KeyboardInterrupt:
+        print(f"run_all.py: interrupted; finished cells are kept: python run_all.py --resume {run_dir}",
+              file=sys.stderr)
+        return 130
     manifest["status"] = "complete"
     manifest["ended"] = _now()
     store.write_manifest(run_dir, manifest)

@@ -221,3 +221,18 @@ def test_two_runs_at_once_never_touch_each_others_files(tmp_path):
     frames = [_rows(d) for d in dirs]
     assert all(len(f) == 6 for f in frames)
     _assert_same_rows(*frames)
+
+
+def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
+    argv = ["--kernels", "pinv", "--d", "8,16,24", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
+            "--progress", "off"]
+    proc = subprocess.Popen([PYTHON, str(REPO / "run_all.py"), *argv, "--out", str(tmp_path)], env=run_env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(tmp_path.glob("*/parts/*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert len(list(tmp_path.glob("*/parts/*.parquet"))) >= 2
