@@ -1,0 +1,133 @@
+"""A fuzzy key-value store: attention over stored key vectors, decoded back into words.
+
+The classic recipe: weights = softmax(beta * (q . k_i)) over the stored keys, output = the
+weighted sum of the stored value vectors, answers = the vocabulary words nearest to the output
+by cosine similarity. A query that is no key lands near the values of the keys it resembles,
+and the next-best answers are often words that are in no record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from fuzzy_kv import decode
+from fuzzy_kv.embeddings import Embeddings
+from kernels.attention import SIMILARITIES, softmax_attend
+
+DEMO_RECORDS = {"one": "number", "cat": "animal", "dog": "animal", "ball": "toy", "sphere": "shape", "male": "gender"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    word: str
+    score: float   # cosine similarity between the attention output and the word's vector
+    stored: bool   # whether the word is one of the stored values
+
+
+@dataclass(frozen=True)
+class Explanation:
+    query: str
+    weights: dict[str, float]   # attention weight on every stored key
+    answers: list[Answer]
+
+
+@lru_cache(maxsize=1)
+def _glove() -> Embeddings:
+    return Embeddings.glove()
+
+
+class Database:
+    """records: {key: value} strings (multi-word keys or values use the mean of their words).
+
+    similarity: "dot" (default), "scaled_dot" or "cosine"; beta: inverse temperature > 0;
+    exclude_query: never answer with the query word itself; values_only: answer only with
+    stored values (an ordinary fuzzy dictionary, which never hallucinates)."""
+
+    def __init__(self, records: Mapping[str, str], *, embeddings: Embeddings | None = None, similarity: str = "dot",
+                 beta: float = 1.0, exclude_query: bool = False, values_only: bool = False):
+        if not isinstance(records, Mapping) or not records:
+            raise ValueError("records must be a non-empty mapping of key strings to value strings")
+        for key, value in records.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(f"record {key!r}: {value!r}: keys and values must both be strings")
+            if not key.strip() or not value.strip():
+                raise ValueError(f"record {key!r}: {value!r}: keys and values must not be empty")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+            raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+        self.records = dict(records)
+        self.embeddings = embeddings if embeddings is not None else _glove()
+        self.similarity = similarity
+        self.beta = float(beta)
+        self.exclude_query = exclude_query
+        self.values_only = values_only
+        emb = self.embeddings
+        self._key_names = list(self.records)
+        self._keys = jnp.asarray(np.stack([emb.phrase(k, where="record key") for k in self._key_names]))
+        self._values = jnp.asarray(np.stack([emb.phrase(v, where="record value") for v in self.records.values()]))
+        self._stored = set(self.records.values())
+        if values_only:
+            self._targets = sorted(self._stored)
+            unit = np.stack([emb.phrase(v) for v in self._targets])
+            unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+            self._target_index = {w: i for i, w in enumerate(self._targets)}
+        else:
+            self._targets = emb.words
+            unit = None
+            self._target_index = emb.index
+        self._blocks = decode.pad_vocabulary(unit) if unit is not None else _vocab_blocks(emb)
+
+    # ------------------------------------------------------------------------------- queries
+
+    def query(self, word: str, k: int = 5) -> list[str]:
+        """The k words nearest to the attention output for ``word``, best first."""
+        return [a.word for a in self.answers([word], k)[0]]
+
+    def query_many(self, words: Sequence[str], k: int = 5) -> list[list[str]]:
+        """``query`` for many words in one batched, jit-compiled call."""
+        return [[a.word for a in row] for row in self.answers(words, k)]
+
+    def explain(self, word: str, k: int = 5) -> Explanation:
+        """The attention weight on every stored key and the scored answers: why an answer came out."""
+        weights = np.asarray(self._attend([word]).weights[0], np.float64)
+        return Explanation(word, dict(zip(self._key_names, weights.tolist())), self.answers([word], k)[0])
+
+    def answers(self, words: Sequence[str], k: int = 5) -> list[list[Answer]]:
+        """Scored answers (word, cosine score, stored?) for each query word."""
+        if isinstance(words, str):
+            raise ValueError("answers() takes a list of words; use query() for one word")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+        if k > len(self._targets):
+            raise ValueError(f"k = {k} is more answers than the {len(self._targets)} words there are to answer with")
+        if not words:
+            return []
+        outputs = self._attend(words).outputs
+        exclude = [self._target_index.get(w, -1) if self.exclude_query else -1 for w in words]
+        scores, ids = decode.top_k_cosine(outputs, self._blocks, len(self._targets), k, np.array(exclude, np.int32))
+        scores, ids = np.asarray(scores), np.asarray(ids)
+        return [[Answer(self._targets[i], float(s), self._targets[i] in self._stored) for s, i in zip(row_s, row_i)]
+                for row_s, row_i in zip(scores, ids)]
+
+    def _attend(self, words: Sequence[str]):
+        queries = jnp.asarray(np.stack([self.embeddings.phrase(w) for w in words]))
+        return softmax_attend(queries, self._keys, self._values, self.beta, kind=self.similarity)
+
+
+_BLOCK_CACHE: dict[int, object] = {}
+
+
+def _vocab_blocks(emb: Embeddings):
+    """The padded unit vocabulary on the device, made once per table and shared by every store."""
+    key = id(emb)
+    if key not in _BLOCK_CACHE:
+        _BLOCK_CACHE.clear()  # one table at a time: 80 MB for GloVe 6B 50-d
+        _BLOCK_CACHE[key] = (emb, decode.pad_vocabulary(emb.unit))
+    return _BLOCK_CACHE[key][1]
