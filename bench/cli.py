@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results"), help="where run directories go (default results/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
     p.add_argument("--no-report", action="store_true", help="skip figures and report")
+    p.add_argument("--no-hallucination", action="store_true",
+                   help="skip the fuzzy key-value store's hallucination curve in the report")
     p.add_argument("--compile-cache", type=Path, metavar="DIR",
                    help="JAX persistent compilation cache (default ~/.cache/associative-memory-bench/jax)")
     p.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
@@ -167,8 +169,10 @@ def _finish(spec: SweepSpec, run_dir: Path, args) -> int:
     store.write_manifest(run_dir, manifest)
     store.merge(run_dir, manifest, [c.id for c in spec.cells()])
     if not args.no_report:
-        from bench import plots, report
+        from bench import hallucination, plots, report
 
+        if not args.no_hallucination:
+            hallucination.measure(run_dir)
         plots.draw_all(run_dir)
         report.build(run_dir)
     print(f"run written to {run_dir}")

@@ -98,7 +98,29 @@ def draw_all(run_dir: Path) -> list[Path]:
         name = setting_name(setting)
         fig = _setting_figure(group, name)
         written.append(_save(fig, fig_dir / _file_name(name)))
+    from bench import hallucination
+
+    curve = hallucination.load(run_dir)
+    if curve is not None:
+        written.append(_save(_hallucination_figure(curve), fig_dir / "fuzzy_kv_hallucination"))
     return written
+
+
+def _hallucination_figure(curve: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(6.5, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for column, label, style in (("right", "right category (stored)", "-o"),
+                                 ("wrong_stored", "another stored value", "-s"),
+                                 ("hallucinated", "never stored (hallucinated)", "-^")):
+        ax.plot(curve["beta"], curve[column], style, ms=4, label=label)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("inverse temperature beta")
+    ax.set_ylabel(f"fraction of top-1 answers ({int(curve['queries'].iloc[0])} held-out words)")
+    ax.set_title("fuzzy key-value store over GloVe 6B 50-d")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _setting_figure(group: pd.DataFrame, title: str) -> Figure:

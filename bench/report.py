@@ -61,6 +61,13 @@ def build(run_dir: Path) -> tuple[Path, Path]:
            "## Capacity", "", _markdown(cap), "", "## Timings", "",
            "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.", "",
            _markdown(tim), ""]
+    from bench import hallucination
+
+    curve = hallucination.load(run_dir)
+    fuzzy_text = ("Records map 24 words to 8 categories; each held-out word (in no record) is queried once. "
+                  "A hallucinated answer is a word that is no stored value.")
+    if curve is not None:
+        md += ["## Fuzzy key-value store: hallucination vs beta", "", fuzzy_text, "", _markdown(curve.round(3)), ""]
     if len(problems):
         md += ["## Cells that did not run cleanly", "", _markdown(problems.head(50)), ""]
     md += ["## Figures", ""] + [f"![{p.stem}]({plots.FIGURES}/{p.name})" for p in figures] + [""]
@@ -77,6 +84,9 @@ def build(run_dir: Path) -> tuple[Path, Path]:
               "<h2>Capacity</h2>", cap.to_html(index=False), "<h2>Timings</h2>",
               "<p>compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.</p>",
               tim.to_html(index=False)]
+    if curve is not None:
+        parts += ["<h2>Fuzzy key-value store: hallucination vs beta</h2>", f"<p>{html.escape(fuzzy_text)}</p>",
+                  curve.round(3).to_html(index=False)]
     if len(problems):
         parts += ["<h2>Cells that did not run cleanly</h2>", problems.head(50).to_html(index=False)]
     parts.append("<h2>Figures</h2>")

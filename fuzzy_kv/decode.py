@@ -19,14 +19,19 @@ QUERY_BLOCK = 64
 
 
 def pad_vocabulary(unit: np.ndarray, block: int = BLOCK) -> jax.Array:
-    """Unit rows padded with zero rows to a whole number of blocks, as a device array."""
+    """Unit rows padded to a whole number of blocks, as a device array, with one more column:
+    0 for real words and -1e30 for the padding, so that a query carrying a 1 in that column
+    scores padding at -1e30 without a masking pass over the scores."""
     rows = -(-unit.shape[0] // block) * block
-    return jnp.asarray(np.pad(unit, ((0, rows - unit.shape[0]), (0, 0))))
+    padded = np.zeros((rows, unit.shape[1] + 1), np.float32)
+    padded[: unit.shape[0], :-1] = unit
+    padded[unit.shape[0]:, -1] = -1e30
+    return jnp.asarray(padded)
 
 
 def top_k_cosine(outputs, vocab_blocks, vocab_size: int, k: int, exclude=None, *, block: int = BLOCK):
-    """outputs: (q, d); vocab_blocks: (padded V, d) unit rows from ``pad_vocabulary``;
-    exclude: (q,) word ids to leave out (-1: none). Returns (scores (q, k), ids (q, k)), best first."""
+    """outputs: (q, d); vocab_blocks: (padded V, d + 1) from ``pad_vocabulary``; exclude: (q,)
+    word ids to leave out (-1: none). Returns (scores (q, k), ids (q, k)), best first."""
     outputs = jnp.asarray(outputs, jnp.float32)
     q = outputs.shape[0]
     exclude = jnp.full((q,), -1, jnp.int32) if exclude is None else jnp.asarray(exclude, jnp.int32)
@@ -42,21 +47,20 @@ def top_k_cosine(outputs, vocab_blocks, vocab_size: int, k: int, exclude=None, *
 @partial(jax.jit, static_argnames=("vocab_size", "k", "block", "query_block"))
 def _top_k(outputs, exclude, vocab, *, vocab_size, k, block, query_block):
     n_blocks = vocab.shape[0] // block
-    kb = min(k, n_blocks)
-    cols = jnp.arange(vocab.shape[0])
+    # One excluded word can push one more word into the top k: look at one more block.
+    kb = min(k + 1, n_blocks)
 
     def one_block(args):
         out, excl = args
         norms = jnp.linalg.norm(out, axis=1, keepdims=True)
-        unit = out / jnp.where(norms > 0, norms, 1.0)
-        s = unit @ vocab.T
-        s = jnp.where((cols[None, :] >= vocab_size) | (cols[None, :] == excl[:, None]), -jnp.inf, s)
-        grouped = s.reshape(s.shape[0], n_blocks, block)
-        _, best_blocks = jax.lax.top_k(grouped.max(axis=2), kb)
-        candidates = jnp.take_along_axis(grouped, best_blocks[:, :, None], axis=1).reshape(s.shape[0], kb * block)
+        unit = jnp.concatenate([out / jnp.where(norms > 0, norms, 1.0), jnp.ones((out.shape[0], 1), out.dtype)], 1)
+        grouped = (unit @ vocab.T).reshape(out.shape[0], n_blocks, block)  # one pass writes the scores
+        _, best_blocks = jax.lax.top_k(grouped.max(axis=2), kb)             # one pass reads them
+        candidates = jnp.take_along_axis(grouped, best_blocks[:, :, None], axis=1)
+        ids = (best_blocks[:, :, None] * block + jnp.arange(block)).reshape(out.shape[0], kb * block)
+        candidates = jnp.where(ids == excl[:, None], -jnp.inf, candidates.reshape(out.shape[0], kb * block))
         vals, pos = jax.lax.top_k(candidates, k)
-        ids = jnp.take_along_axis(best_blocks, pos // block, axis=1) * block + pos % block
-        return vals, ids
+        return vals, jnp.take_along_axis(ids, pos, axis=1)
 
     blocks = (outputs.reshape(-1, query_block, outputs.shape[1]), exclude.reshape(-1, query_block))
     vals, ids = jax.lax.map(one_block, blocks)

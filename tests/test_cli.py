@@ -135,7 +135,10 @@ def test_report_is_self_contained(tiny_run):
     assert "http://" not in html and "https://" not in html and "<script" not in html
     md = (tiny_run / "report.md").read_text()
     assert "## Capacity" in md and "## Timings" in md and "figures/" in md
-    assert len(list((tiny_run / "figures").glob("*.svg"))) == 2
+    assert len(list((tiny_run / "figures").glob("*.svg"))) == 3  # pinv, hebbian, the fuzzy store's curve
+    assert "hallucination vs beta" in md and (tiny_run / "figures" / "fuzzy_kv_hallucination.png").is_file()
+    curve = pd.read_parquet(tiny_run / "hallucination.parquet")
+    assert len(curve) >= 5 and ((curve["right"] + curve["wrong_stored"] + curve["hallucinated"]) - 1).abs().max() < 1e-9
 
 
 def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
@@ -184,6 +187,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     argv = ["--kernels", "pinv", "--d", "8,16,24", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
             "--progress", "off"]
     whole = _run(argv, tmp_path / "whole")
+    argv += ["--no-compile-cache"]  # each family compiles (seconds): the kill lands mid-run
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
     proc = subprocess.Popen([PYTHON, str(REPO / "run_all.py"), *argv, "--out", str(out)], env=run_env(), cwd=REPO,
@@ -224,8 +228,8 @@ def test_two_runs_at_once_never_touch_each_others_files(tmp_path):
 
 
 def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
-    argv = ["--kernels", "pinv", "--d", "8,16,24", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
-            "--progress", "off"]
+    argv = ["--kernels", "pinv", "--d", "8,16,24,32,40", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
+            "--progress", "off", "--no-compile-cache"]
     proc = subprocess.Popen([PYTHON, str(REPO / "run_all.py"), *argv, "--out", str(tmp_path)], env=run_env(),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

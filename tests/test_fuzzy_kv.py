@@ -177,3 +177,16 @@ def test_command_line_bad_input(argv, message):
     assert done.returncode == 2
     err = done.stderr.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_hallucination_curve_on_glove(glove):
+    from fuzzy_kv.measure import hallucination_curve
+
+    curve = hallucination_curve(glove, betas=(0.01, 1.0, 30.0))
+    assert list(curve["beta"]) == [0.01, 1.0, 30.0]
+    total = curve["right"] + curve["wrong_stored"] + curve["hallucinated"]
+    np.testing.assert_allclose(total, 1.0)
+    # A near-uniform blend (tiny beta) decodes to words near the mean of all values, which are
+    # rarely stored values; sharp attention answers with stored values.
+    assert curve["hallucinated"].iloc[0] > curve["hallucinated"].iloc[-1]
+    assert curve["right"].iloc[-1] > 0.5
