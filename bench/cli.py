@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=_csv(float), help="relative query noise levels, e.g. 0,0.1")
     p.add_argument("--seeds", type=int, help="seeds per cell (batched with vmap, sharded over devices)")
     p.add_argument("--dtype", choices=("float32", "float64"), help="array dtype (default float32)")
-    p.add_argument("--patterns", choices=PATTERNS, help="key/value distribution (default gaussian)")
+    p.add_argument("--patterns", type=_csv(str),
+                   help=f"key/value distributions, comma-separated: {','.join(PATTERNS)} (default gaussian)")
     p.add_argument("--lam", type=_csv(float), help="ridge lambdas (default 1)")
     p.add_argument("--eta", type=_csv(float), help="delta-rule steps in units of 1/||k||^2 (default 1)")
     p.add_argument("--passes", type=_int_list, help="delta-rule passes over the data (default 1)")

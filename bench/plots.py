@@ -98,12 +98,40 @@ def draw_all(run_dir: Path) -> list[Path]:
         name = setting_name(setting)
         fig = _setting_figure(group, name)
         written.append(_save(fig, fig_dir / _file_name(name)))
+    # Distributions side by side (e.g. GloVe word vectors against Gaussian keys of the same d).
+    others = [c for c in SETTING_COLUMNS if c != "patterns"]
+    for key, group in summary.groupby(others, dropna=False, sort=True):
+        if group["patterns"].nunique() > 1:
+            setting = dict(zip(others, key), patterns="gaussian")
+            name = setting_name(setting).replace("noise=", "patterns compared, noise=")
+            written.append(_save(_patterns_figure(group, name), fig_dir / _file_name(name)))
     from bench import hallucination
 
     curve = hallucination.load(run_dir)
     if curve is not None:
         written.append(_save(_hallucination_figure(curve), fig_dir / "fuzzy_kv_hallucination"))
     return written
+
+
+def _patterns_figure(group: pd.DataFrame, title: str) -> Figure:
+    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    ds = sorted(group["d"].unique())
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(ds), 1)))
+    styles = ["-o", "--s", ":^", "-.v"]
+    for ax, (metric, label) in zip(axes, [("cos", "cosine similarity (recalled, true)"),
+                                          ("acc", "nearest-neighbour accuracy")]):
+        for style, patterns in zip(styles, sorted(group["patterns"].unique())):
+            for colour, d in zip(colours, ds):
+                g = group[(group["d"] == d) & (group["patterns"] == patterns)].sort_values("n")
+                ax.plot(g["n"], g[metric], style, color=colour, ms=3, lw=1.3, label=f"{patterns}, d={d}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stored pairs n")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
 
 
 def _hallucination_figure(curve: pd.DataFrame) -> Figure:

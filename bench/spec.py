@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KERNELS = ("pinv", "hebbian", "ridge", "delta")
-PATTERNS = ("gaussian", "sphere", "binary")
+PATTERNS = ("gaussian", "sphere", "binary", "glove")
+# GloVe 6B 50-d: pairs are distinct words among the most frequent GLOVE_WORDS.
+GLOVE_DIM = 50
+GLOVE_WORDS = 100_000
 DTYPES = ("float32", "float64")
 METHODS = ("auto", "gram64", "qr32")
 # Knobs of each memory: the spec field that sweeps it. Other knobs are not columns of its rows.
@@ -41,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 class SweepSpec:
     """A sweep: every kernel x its knobs x d x n x noise, each cell run over ``seeds`` seeds.
 
-    dv: value dimension (None: equal to d). lam: ridge lambdas. eta: delta-rule steps in
+    dv: value dimension (None: equal to d). patterns: key/value distributions, a sweep axis
+    ("glove": distinct words of GloVe 6B 50-d, d <= 50, smaller d by random projection). lam: ridge lambdas. eta: delta-rule steps in
     units of 1/||k||^2. passes: delta-rule epochs. acc_queries: most queries scored for
     nearest-neighbour accuracy. method: least-squares method for pinv and ridge.
     """
@@ -53,7 +57,7 @@ class SweepSpec:
     seeds: int = 3
     dv: int | None = None
     dtype: str = "float32"
-    patterns: str = "gaussian"
+    patterns: tuple[str, ...] = ("gaussian",)
     lam: tuple[float, ...] = (1.0,)
     eta: tuple[float, ...] = (1.0,)
     passes: tuple[int, ...] = (1,)
@@ -62,7 +66,7 @@ class SweepSpec:
     preset: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes"):
+        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = (value,)
@@ -90,10 +94,21 @@ class SweepSpec:
         for v in self.eta:
             if not _finite(v) or not 0 < v < 2:
                 raise SpecError(f"eta: {v!r} is not allowed; the normalised delta rule is stable for 0 < eta < 2")
-        for name, allowed in (("dtype", DTYPES), ("patterns", PATTERNS), ("method", METHODS)):
+        for v in self.patterns:
+            if v not in PATTERNS:
+                raise SpecError(f"patterns: unknown distribution {v!r}; choose from {', '.join(PATTERNS)}")
+        if "glove" in self.patterns:
+            too_big = [d for d in self.d if d > GLOVE_DIM] + ([self.dv] if self.dv and self.dv > GLOVE_DIM else [])
+            if too_big:
+                raise SpecError(f"d: {too_big[0]} is more than the {GLOVE_DIM} dimensions of the GloVe vectors; "
+                                f"use --d <= {GLOVE_DIM} with --patterns glove (smaller d are random projections)")
+            if max(self.n) > GLOVE_WORDS // 2:
+                raise SpecError(f"n: {max(self.n)} pairs need {2 * max(self.n)} distinct words; --patterns glove "
+                                f"draws from the {GLOVE_WORDS} most frequent, so use n <= {GLOVE_WORDS // 2}")
+        for name, allowed in (("dtype", DTYPES), ("method", METHODS)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name}: unknown value {getattr(self, name)!r}; choose from {', '.join(allowed)}")
-        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes"):
+        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise SpecError(f"{name}: {list(values)} repeats a value; list each value once")
@@ -130,12 +145,13 @@ class SweepSpec:
             knob_grid = [dict()]
             for knob in KNOBS[kernel]:
                 knob_grid = [{**g, knob: v} for g in knob_grid for v in getattr(self, knob)]
-            for d in self.d:
-                for knobs in knob_grid:
-                    for noise in self.noise:
-                        for n in self.n:
-                            out.append(Cell(kernel=kernel, d=d, n=n, dv=self.dv or d, noise=noise,
-                                            patterns=self.patterns, dtype=self.dtype, **knobs))
+            for patterns in self.patterns:
+                for d in self.d:
+                    for knobs in knob_grid:
+                        for noise in self.noise:
+                            for n in self.n:
+                                out.append(Cell(kernel=kernel, d=d, n=n, dv=self.dv or d, noise=noise,
+                                                patterns=patterns, dtype=self.dtype, **knobs))
         return out
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import kernels
 from bench import environment, store, theory
-from bench.spec import KNOBS, Cell, SweepSpec
+from bench.spec import GLOVE_WORDS, KNOBS, Cell, SweepSpec
 
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
 _MEMORY_HEADROOM = 2.0
@@ -45,7 +45,7 @@ class _Programs:
             return self.compiled[shape], 0.0
         batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        fn = jax.jit(partial(kernels.run_cell, shape), in_shardings=(batch, replicated, replicated, replicated),
+        fn = jax.jit(partial(kernels.run_cell, shape), in_shardings=(batch,) + (replicated,) * (len(args) - 1),
                      out_shardings=batch)
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
@@ -56,9 +56,19 @@ class _Programs:
 
 def cell_shape(cell: Cell, spec: SweepSpec) -> kernels.CellShape:
     method = kernels.default_method() if spec.method == "auto" else spec.method
-    return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=cell.patterns, dtype=cell.dtype,
+    dist = kernels.TABLE if cell.patterns == "glove" else cell.patterns
+    return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=dist, dtype=cell.dtype,
                              chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method,
                              noisy=cell.noise > 0)
+
+
+@lru_cache(maxsize=1)
+def glove_table(mesh: Mesh) -> jax.Array:
+    """The GLOVE_WORDS most frequent GloVe 6B 50-d vectors, replicated on every device."""
+    from fuzzy_kv.embeddings import Embeddings
+
+    vectors = np.asarray(Embeddings.glove().vectors[:GLOVE_WORDS], np.float32)
+    return jax.device_put(vectors, NamedSharding(mesh, PartitionSpec()))
 
 
 def estimate_bytes(shape: kernels.CellShape, seeds_per_device: int) -> int:
@@ -115,6 +125,8 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
                 for s in range(n_seeds)]
     try:
         args = kernels.cell_args(shape, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1)
+        if shape.dist == kernels.TABLE:
+            args = (*args, glove_table(programs.mesh))
         compiled, compile_s = programs.get(shape, (seed_array, *args))
         start = time.perf_counter()
         metrics = jax.block_until_ready(compiled(seed_array, *args))

@@ -29,7 +29,10 @@ _QUADRATURE_POINTS = 4096
 
 def theory_cos(kernel: str, d: int, n: int, noise: float = 0.0, lam: float | None = None,
                patterns: str = "gaussian") -> float:
-    """Expected mean cosine between recalled and true values, NaN where none is known."""
+    """Expected mean cosine between recalled and true values, NaN where none is known (the
+    delta rule; real word vectors, whose keys are neither isotropic nor independent)."""
+    if patterns == "glove":
+        return math.nan
     if kernel == "hebbian":
         return 1.0 / math.sqrt(1.0 + (n - 1 + noise**2 * n) / d)
     if kernel == "pinv":
@@ -68,12 +71,16 @@ def _ridge_traces(d: int, n: int, lam: float) -> tuple[float, float, float]:
 
 
 def baseline_cos(dv: int, patterns: str = "gaussian") -> float:
-    """Expected cosine of two independent random vectors of a symmetric distribution: 0."""
-    return 0.0
+    """Expected cosine of two independent random vectors of a symmetric distribution: 0.
+    NaN for word vectors (not symmetric: they share a mean direction)."""
+    return math.nan if patterns == "glove" else 0.0
 
 
 def baseline_dist(dv: int, patterns: str = "gaussian") -> float:
-    """Expected euclidean distance between two independent random vectors of dimension dv."""
+    """Expected euclidean distance between two independent random vectors of dimension dv
+    (NaN for word vectors: only the empirical baseline exists)."""
+    if patterns == "glove":
+        return math.nan
     if patterns == "gaussian":
         # x - y ~ N(0, 2 I): sqrt(2) times the mean of a chi distribution with dv degrees.
         return math.sqrt(2) * math.sqrt(2) * math.exp(math.lgamma((dv + 1) / 2) - math.lgamma(dv / 2))

@@ -72,26 +72,75 @@ class _Stats(NamedTuple):
     base_dist: jax.Array
 
 
-def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params) -> CellMetrics:
+TABLE = "table"  # CellShape.dist for pairs drawn from a table of real vectors (e.g. word embeddings)
+
+
+def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params, table=None) -> CellMetrics:
     """seeds: (S,) int32; n: int scalar; noise: relative query noise (std of the added
     Gaussian in units of a key coordinate's rms); params: traced knobs. Pure and jittable.
 
     Two loops per seed, each with one random-number call site: the write, then the recall of
     the accuracy sample (the first min(n, sample) pairs), of every chunk, and of the
-    random-baseline pairs."""
+    random-baseline pairs.
+
+    table: (V, t) real vectors when shape.dist is "table": pair i is (row p[2i], row p[2i+1])
+    of a per-seed permutation p (distinct words), projected to d (and dv) dimensions by a random
+    orthonormal map when t is larger; random baseline pairs are random rows."""
     if shape.chunk % 2:
         raise ValueError(f"chunk must be even, got {shape.chunk}")
-    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, params))(seeds)
+    if (shape.dist == TABLE) != (table is not None):
+        raise ValueError(f"dist {shape.dist!r} and table: pass a table exactly when dist is {TABLE!r}")
+    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, params, table))(seeds)
 
 
-def _run_seed(shape: CellShape, seed, n, noise, params) -> CellMetrics:
+def _table_draw(shape: CellShape, key, table, dtype):
+    """draw(index, noisy) for pairs taken from the rows of ``table`` (see run_cell)."""
+    rows_total, width = table.shape
+    perm = jax.random.permutation(jax.random.fold_in(key, 0x7A81E), rows_total)
+
+    def projection(salt, dim):
+        if dim == width:
+            return jnp.eye(width, dtype=dtype)
+        q, _ = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, salt), (width, dim), dtype))
+        return q  # orthonormal columns: a random projection that keeps norms on average * sqrt(dim/width)
+
+    to_keys, to_values = projection(0xD1, shape.d), projection(0xD2, shape.dv)
+
+    def draw(index, noisy):
+        chunk_key = jax.random.fold_in(key, index)
+        rows = index * shape.chunk + jnp.arange(shape.chunk)
+        random_ids = jax.random.randint(chunk_key, (2, shape.chunk), 0, rows_total)
+        baseline = index >= patterns.BASELINE_CHUNKS_FROM
+        key_ids = jnp.where(baseline, random_ids[0], perm[(2 * rows) % rows_total])
+        value_ids = jnp.where(baseline, random_ids[1], perm[(2 * rows + 1) % rows_total])
+        keys = table[key_ids].astype(dtype) @ to_keys
+        values = table[value_ids].astype(dtype) @ to_values
+        noise = (jax.random.normal(jax.random.fold_in(chunk_key, 1), (shape.chunk, shape.d), dtype) if noisy
+                 else jnp.zeros((shape.chunk, shape.d), dtype))
+        return keys, values, noise
+
+    return draw
+
+
+def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
     dtype = jnp.dtype(shape.dtype)
     acc = matrix.accumulate_dtype(dtype)
     n = jnp.asarray(n, jnp.int32)
     chunk, sample, dv = shape.chunk, shape.sample, shape.dv
     writer = matrix.Writer(shape.rule, shape.d, dv, chunk, dtype, shape.method)
-    key = patterns.stream_key(seed, shape.d, dv, shape.dist)
-    noise_std = jnp.asarray(noise, dtype) * patterns.entry_scale(shape.dist, shape.d)
+    if shape.dist == TABLE:
+        key = jax.random.fold_in(jax.random.key(seed), shape.d * 65536 + dv)
+        draw = _table_draw(shape, key, table, dtype)
+        scale = jnp.sqrt(jnp.mean(jnp.square(table.astype(dtype))))  # rms of one coordinate
+    else:
+        key = patterns.stream_key(seed, shape.d, dv, shape.dist)
+
+        def draw(index, noisy):
+            return patterns.draw_chunk(key, index, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist, dtype=dtype,
+                                       noisy=noisy)
+
+        scale = patterns.entry_scale(shape.dist, shape.d)
+    noise_std = jnp.asarray(noise, dtype) * scale
     precise = matrix.is_precise(shape.rule, n, shape.d)
 
     num_chunks = (n + chunk - 1) // chunk
@@ -101,8 +150,7 @@ def _run_seed(shape: CellShape, seed, n, noise, params) -> CellMetrics:
     base_steps = -(-BASELINE_PAIRS // (chunk // 2))
 
     def pairs(j):
-        keys, values, _ = patterns.draw_chunk(key, j, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist, dtype=dtype,
-                                              noisy=False)
+        keys, values, _ = draw(j, False)
         valid = j * chunk + jnp.arange(chunk) < n
         return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
@@ -127,8 +175,7 @@ def _run_seed(shape: CellShape, seed, n, noise, params) -> CellMetrics:
         local = t - jnp.concatenate([jnp.zeros(1, ends.dtype), ends])[phase]
         j = local
         index = jnp.where(phase == 2, patterns.BASELINE_CHUNKS_FROM + local, j)
-        keys, values, eps = patterns.draw_chunk(key, index, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist,
-                                                dtype=dtype, noisy=shape.noisy)
+        keys, values, eps = draw(index, shape.noisy)
         valid = (phase == 2) | (jnp.where(phase == 2, 0, j) * chunk + jnp.arange(chunk) < n)
         keys, values, eps = (jnp.where(valid[:, None], x, 0) for x in (keys, values, eps))
         queries = keys + noise_std * eps

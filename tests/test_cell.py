@@ -153,3 +153,24 @@ def test_float64_cells_match_numpy_tightly():
 def test_flops_count_the_big_terms():
     assert kernels.flops("pinv", 2048, 1024, 1024, 1024) >= 4 * 2 * 2048 * 1024 * 1024
     assert kernels.flops("hebbian", 100, 10, 10, 50) < kernels.flops("pinv", 100, 10, 10, 50)
+
+
+def test_table_patterns_match_numpy_on_the_same_rows():
+    # Pairs drawn from a table of real vectors: distinct rows, the metrics as NumPy computes them.
+    from kernels.cell import _table_draw
+
+    table = np.random.default_rng(7).standard_normal((300, 12)).astype(np.float32) + 0.3
+    shape = kernels.CellShape("pinv", 8, 8, kernels.TABLE, chunk=64, sample=40)
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    got = kernels.run_cell(shape, seeds, *kernels.cell_args(shape, 100, 0.0), jax.numpy.asarray(table))
+    for s in range(2):
+        key = jax.random.fold_in(jax.random.key(s), 8 * 65536 + 8)
+        draw = _table_draw(shape, key, jax.numpy.asarray(table), jax.numpy.float32)
+        K = np.concatenate([np.asarray(draw(jax.numpy.int32(j), False)[0], np.float64) for j in range(2)])[:100]
+        V = np.concatenate([np.asarray(draw(jax.numpy.int32(j), False)[1], np.float64) for j in range(2)])[:100]
+        assert len({tuple(r) for r in np.round(np.concatenate([K, V]), 5)}) == 200  # 200 distinct rows
+        ref = reference_metrics(K, V, np.zeros_like(K), np.linalg.lstsq(K, V, rcond=None)[0], 0.0, 40)
+        assert abs(float(got.cos_mean[s]) - ref["cos_mean"]) < 1e-4
+        assert abs(float(got.acc[s]) - ref["acc"]) <= 1 / 40
+    with pytest.raises(ValueError, match="table"):
+        kernels.run_cell(shape, seeds, *kernels.cell_args(shape, 100, 0.0))

@@ -59,3 +59,31 @@ def test_seeds_that_do_not_divide_the_devices_are_padded_and_dropped(tmp_path):
     assert list(df["seed"]) == [0, 1, 2]
     assert df["cos_mean"].nunique() == 3
     assert all(math.isfinite(v) for v in df["cos_mean"])
+
+
+def test_glove_patterns_run_side_by_side_with_gaussian(tmp_path):
+    from bench import plots
+
+    spec = SweepSpec(kernels=("pinv",), d=(16, 50), n=(8, 64), seeds=2, patterns=("gaussian", "glove"))
+    df, _ = _run(spec, tmp_path)
+    assert len(df) == 2 * 2 * 2 * 2 and (df["status"] == "ok").all()
+    glove = df[df.patterns == "glove"]
+    assert glove["theory_cos"].isna().all() and glove["baseline_dist_theory"].isna().all()
+    assert (glove[glove.n == 8]["cos_mean"] > 0.9999).all()  # n < d: exact recall of real word vectors too
+    assert (glove["baseline_cos"] > 0.005).all()  # word vectors share a mean direction: not symmetric
+    run_dir = next(tmp_path.iterdir())
+    names = [p.name for p in plots.draw_all(run_dir)]
+    assert "pinv_patterns_compared__noise=0.png" in names
+
+
+def test_glove_spec_limits():
+    import pytest
+
+    from bench.spec import SpecError
+
+    with pytest.raises(SpecError, match="d: 64 is more than the 50 dimensions"):
+        SweepSpec(d=(16, 64), patterns=("glove",))
+    with pytest.raises(SpecError, match="n <= 50000"):
+        SweepSpec(d=(16,), n=(4, 2**16), patterns=("glove",))
+    with pytest.raises(SpecError, match="unknown distribution 'word2vec'"):
+        SweepSpec(patterns=("word2vec",))
