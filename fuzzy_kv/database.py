@@ -111,7 +111,7 @@ class Database:
             return []
         outputs = self._attend(words).outputs
         exclude = [self._target_index.get(w, -1) if self.exclude_query else -1 for w in words]
-        scores, ids = decode.top_k_cosine(outputs, self._blocks, len(self._targets), k, np.array(exclude, np.int32))
+        scores, ids = decode.top_k_cosine(outputs, self._blocks, k, np.array(exclude, np.int32))
         scores, ids = np.asarray(scores), np.asarray(ids)
         return [[Answer(self._targets[i], float(s), self._targets[i] in self._stored) for s, i in zip(row_s, row_i)]
                 for row_s, row_i in zip(scores, ids)]

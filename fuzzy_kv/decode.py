@@ -29,7 +29,7 @@ def pad_vocabulary(unit: np.ndarray, block: int = BLOCK) -> jax.Array:
     return jnp.asarray(padded)
 
 
-def top_k_cosine(outputs, vocab_blocks, vocab_size: int, k: int, exclude=None, *, block: int = BLOCK):
+def top_k_cosine(outputs, vocab_blocks, k: int, exclude=None, *, block: int = BLOCK):
     """outputs: (q, d); vocab_blocks: (padded V, d + 1) from ``pad_vocabulary``; exclude: (q,)
     word ids to leave out (-1: none). Returns (scores (q, k), ids (q, k)), best first."""
     outputs = jnp.asarray(outputs, jnp.float32)
@@ -39,13 +39,12 @@ def top_k_cosine(outputs, vocab_blocks, vocab_size: int, k: int, exclude=None, *
     rows = -(-q // query_block) * query_block
     outputs = jnp.pad(outputs, ((0, rows - q), (0, 0)))
     exclude = jnp.pad(exclude, (0, rows - q), constant_values=-1)
-    scores, ids = _top_k(outputs, exclude, vocab_blocks, vocab_size=vocab_size, k=k, block=block,
-                         query_block=query_block)
+    scores, ids = _top_k(outputs, exclude, vocab_blocks, k=k, block=block, query_block=query_block)
     return scores[:q], ids[:q]
 
 
-@partial(jax.jit, static_argnames=("vocab_size", "k", "block", "query_block"))
-def _top_k(outputs, exclude, vocab, *, vocab_size, k, block, query_block):
+@partial(jax.jit, static_argnames=("k", "block", "query_block"))
+def _top_k(outputs, exclude, vocab, *, k, block, query_block):
     n_blocks = vocab.shape[0] // block
     # One excluded word can push one more word into the top k: look at one more block.
     kb = min(k + 1, n_blocks)

@@ -123,7 +123,7 @@ def test_block_decoding_is_exact():
     queries = rng.standard_normal((70, 8)).astype(np.float32)
     exclude = np.where(np.arange(70) % 3 == 0, np.arange(70), -1).astype(np.int32)
     for block in (7, 64, 512):
-        scores, ids = decode.top_k_cosine(queries, decode.pad_vocabulary(unit, block), 1000, 9, exclude, block=block)
+        scores, ids = decode.top_k_cosine(queries, decode.pad_vocabulary(unit, block), 9, exclude, block=block)
         full = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
         full[np.arange(70)[exclude >= 0], exclude[exclude >= 0]] = -np.inf
         expect = np.argsort(-full, axis=1, kind="stable")[:, :9]
