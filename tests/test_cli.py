@@ -231,10 +231,11 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
     argv = ["--kernels", "pinv", "--d", "8,16,24,32,40", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
             "--progress", "off", "--no-compile-cache"]
     # A shell that starts CI in the background ignores SIGINT, and children inherit that (Python
-    # then installs no KeyboardInterrupt handler): give the child the default disposition.
-    proc = subprocess.Popen([PYTHON, str(REPO / "run_all.py"), *argv, "--out", str(tmp_path)], env=run_env(),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # then installs no KeyboardInterrupt handler): the child installs it itself, as a terminal would.
+    launcher = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen([PYTHON, "-c", launcher, str(REPO / "run_all.py"), *argv, "--out", str(tmp_path)],
+                            env=run_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(tmp_path.glob("*/parts/*.parquet"))) < 2:
         time.sleep(0.05)
