@@ -3,7 +3,6 @@ as RUN_DIR/hallucination.parquet for the figures and the report."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,10 +18,7 @@ def measure(run_dir: Path) -> Path:
     from fuzzy_kv.measure import hallucination_curve
 
     table = pa.Table.from_pandas(hallucination_curve(Embeddings.glove()), preserve_index=False)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    store.atomic_write_bytes(run_dir / FILE, buffer.getvalue())
-    return run_dir / FILE
+    return store.atomic_write_parquet(run_dir / FILE, table)
 
 
 def load(run_dir: Path):

@@ -9,6 +9,7 @@ metadata), figures/, report.html, report.md.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -120,18 +121,17 @@ def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
+def atomic_write_parquet(path: Path, table: pa.Table) -> Path:
+    """A parquet file written to a temporary name, then renamed."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def write_part(run_dir: Path, cell_id: str, rows: list[dict[str, Any]]) -> Path:
     """One finished cell's rows, written at once (temp name, then rename)."""
-    path = run_dir / PARTS / f"{cell_id}.parquet"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(rows_to_table(rows), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_parquet(run_dir / PARTS / f"{cell_id}.parquet", rows_to_table(rows))
 
 
 def finished_cells(run_dir: Path) -> set[str]:
@@ -145,15 +145,7 @@ def merge(run_dir: Path, manifest: dict[str, Any], cell_order: list[str]) -> pa.
              if (run_dir / PARTS / f"{cid}.parquet").exists()]
     table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
     table = table.replace_schema_metadata({"manifest": json.dumps(manifest, sort_keys=True)})
-    path = run_dir / RESULTS
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RESULTS}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_parquet(run_dir / RESULTS, table)
     return table
 
 

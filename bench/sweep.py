@@ -143,7 +143,7 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
         message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         tb = traceback.format_exc(limit=3).splitlines()[-1][:200]
         return [dict(base, seed=s, status="error", error=message if message else tb) for s in range(n_seeds)]
-    flops = kernels.flops(cell.kernel, cell.n, cell.d, cell.dv, spec.acc_queries, cell.passes or 1)
+    flops = base["flops"]
     rows = []
     for i in range(n_seeds):
         metric_values = {k: float(values[k][i]) for k in
@@ -152,7 +152,7 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
         rows.append(dict(
             base, seed=i, **metric_values, acc_queries=int(values["acc_queries"][i]),
             method=kernels.METHOD_NAMES[int(values["method"][i])],
-            compile_s=compile_s / n_seeds, run_s=run_s / n_seeds, flops=flops,
+            compile_s=compile_s / n_seeds, run_s=run_s / n_seeds,
             gflops=flops / (run_s / n_seeds) / 1e9 if run_s > 0 else None,
             status="ok" if finite else "nan",
             error=None if finite else "non-finite metrics (overflow or a singular solve)",

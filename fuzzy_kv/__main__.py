@@ -55,19 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         embeddings = Embeddings.load(args.embeddings) if args.embeddings is not None else None
         db = Database(records, embeddings=embeddings, similarity=args.similarity, beta=args.beta,
                       exclude_query=args.exclude_query, values_only=args.values_only)
-        results = db.answers(args.words, args.k)
-        weights = [db.explain(w, 1).weights for w in args.words] if args.json else None
+        explained = db.explain_many(args.words, args.k)
     except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
         _fail(str(e))
 
     if args.json:
-        out = [{"query": w, "answers": [{"word": a.word, "score": a.score, "stored": a.stored} for a in row],
-                "weights": wts} for w, row, wts in zip(args.words, results, weights)]
+        out = [{"query": e.query, "answers": [{"word": a.word, "score": a.score, "stored": a.stored} for a in e.answers],
+                "weights": e.weights} for e in explained]
         print(json.dumps(out, indent=2))
     else:
-        for w, row in zip(args.words, results):
-            answers = "  ".join(f"{a.word}{'*' if a.stored else ''} {a.score:.3f}" for a in row)
-            print(f"{w}: {answers}")
+        for e in explained:
+            answers = "  ".join(f"{a.word}{'*' if a.stored else ''} {a.score:.3f}" for a in e.answers)
+            print(f"{e.query}: {answers}")
         print("(* = a stored value; others were never stored)")
     return 0
 

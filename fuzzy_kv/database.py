@@ -96,11 +96,19 @@ class Database:
 
     def explain(self, word: str, k: int = 5) -> Explanation:
         """The attention weight on every stored key and the scored answers: why an answer came out."""
-        weights = np.asarray(self._attend([word]).weights[0], np.float64)
-        return Explanation(word, dict(zip(self._key_names, weights.tolist())), self.answers([word], k)[0])
+        return self.explain_many([word], k)[0]
+
+    def explain_many(self, words: Sequence[str], k: int = 5) -> list[Explanation]:
+        """``explain`` for many words, with one attention and one decoding call for all of them."""
+        answers, weights = self._answer(words, k)
+        return [Explanation(w, dict(zip(self._key_names, row.tolist())), a)
+                for w, a, row in zip(words, answers, np.asarray(weights, np.float64))]
 
     def answers(self, words: Sequence[str], k: int = 5) -> list[list[Answer]]:
         """Scored answers (word, cosine score, stored?) for each query word."""
+        return self._answer(words, k)[0]
+
+    def _answer(self, words: Sequence[str], k: int):
         if isinstance(words, str):
             raise ValueError("answers() takes a list of words; use query() for one word")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -108,26 +116,21 @@ class Database:
         if k > len(self._targets):
             raise ValueError(f"k = {k} is more answers than the {len(self._targets)} words there are to answer with")
         if not words:
-            return []
-        outputs = self._attend(words).outputs
+            return [], np.zeros((0, len(self._key_names)))
+        outputs, weights = self._attend(words)
         exclude = [self._target_index.get(w, -1) if self.exclude_query else -1 for w in words]
         scores, ids = decode.top_k_cosine(outputs, self._blocks, k, np.array(exclude, np.int32))
         scores, ids = np.asarray(scores), np.asarray(ids)
-        return [[Answer(self._targets[i], float(s), self._targets[i] in self._stored) for s, i in zip(row_s, row_i)]
-                for row_s, row_i in zip(scores, ids)]
+        answers = [[Answer(self._targets[i], float(s), self._targets[i] in self._stored) for s, i in zip(row_s, row_i)]
+                   for row_s, row_i in zip(scores, ids)]
+        return answers, weights
 
     def _attend(self, words: Sequence[str]):
         queries = jnp.asarray(np.stack([self.embeddings.phrase(w) for w in words]))
         return softmax_attend(queries, self._keys, self._values, self.beta, kind=self.similarity)
 
 
-_BLOCK_CACHE: dict[int, object] = {}
-
-
+@lru_cache(maxsize=1)  # one table at a time: 80 MB for GloVe 6B 50-d
 def _vocab_blocks(emb: Embeddings):
     """The padded unit vocabulary on the device, made once per table and shared by every store."""
-    key = id(emb)
-    if key not in _BLOCK_CACHE:
-        _BLOCK_CACHE.clear()  # one table at a time: 80 MB for GloVe 6B 50-d
-        _BLOCK_CACHE[key] = (emb, decode.pad_vocabulary(emb.unit))
-    return _BLOCK_CACHE[key][1]
+    return decode.pad_vocabulary(emb.unit)

@@ -29,17 +29,34 @@ def pad_vocabulary(unit: np.ndarray, block: int = BLOCK) -> jax.Array:
     return jnp.asarray(padded)
 
 
+MAX_BLOCKS_PER_CALL = 16
+
+
 def top_k_cosine(outputs, vocab_blocks, k: int, exclude=None, *, block: int = BLOCK):
     """outputs: (q, d); vocab_blocks: (padded V, d + 1) from ``pad_vocabulary``; exclude: (q,)
-    word ids to leave out (-1: none). Returns (scores (q, k), ids (q, k)), best first."""
-    outputs = jnp.asarray(outputs, jnp.float32)
+    word ids to leave out (-1: none). Returns (scores (q, k), ids (q, k)), best first.
+
+    Queries go in blocks of a power of two up to QUERY_BLOCK rows, and the blocks in calls of
+    1, 2, 4, ... MAX_BLOCKS_PER_CALL blocks (the binary digits of their count), so batches of any
+    size reuse a handful of compiled programs: looping over batches of varying size does not
+    recompile. Within a call the blocks run in a loop that reuses one score buffer."""
+    outputs = np.asarray(outputs, np.float32)
     q = outputs.shape[0]
-    exclude = jnp.full((q,), -1, jnp.int32) if exclude is None else jnp.asarray(exclude, jnp.int32)
-    query_block = 1 if q == 1 else min(QUERY_BLOCK, 1 << (q - 1).bit_length())
+    exclude = np.full((q,), -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
+    query_block = 1 if q <= 1 else min(QUERY_BLOCK, 1 << (q - 1).bit_length())
     rows = -(-q // query_block) * query_block
-    outputs = jnp.pad(outputs, ((0, rows - q), (0, 0)))
-    exclude = jnp.pad(exclude, (0, rows - q), constant_values=-1)
-    scores, ids = _top_k(outputs, exclude, vocab_blocks, k=k, block=block, query_block=query_block)
+    outputs = np.pad(outputs, ((0, rows - q), (0, 0)))
+    exclude = np.pad(exclude, (0, rows - q), constant_values=-1)
+    parts, start, left = [], 0, rows // query_block
+    while left:
+        take = min(MAX_BLOCKS_PER_CALL, 1 << (left.bit_length() - 1))
+        stop = start + take * query_block
+        # One call at a time: two 400 MB score loops running at once only fight over memory.
+        parts.append(jax.block_until_ready(_top_k(outputs[start:stop], exclude[start:stop], vocab_blocks, k=k,
+                                                  block=block, query_block=query_block)))
+        start, left = stop, left - take
+    scores = jnp.concatenate([p[0] for p in parts])
+    ids = jnp.concatenate([p[1] for p in parts])
     return scores[:q], ids[:q]
 
 

@@ -127,7 +127,6 @@ def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
     acc = matrix.accumulate_dtype(dtype)
     n = jnp.asarray(n, jnp.int32)
     chunk, sample, dv = shape.chunk, shape.sample, shape.dv
-    writer = matrix.Writer(shape.rule, shape.d, dv, chunk, dtype, shape.method)
     if shape.dist == TABLE:
         key = jax.random.fold_in(jax.random.key(seed), shape.d * 65536 + dv)
         draw = _table_draw(shape, key, table, dtype)
@@ -158,8 +157,8 @@ def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
     # would copy it at every step.
     written = matrix.write(shape.rule, pairs, n, params, d=shape.d, dv=dv, chunk=chunk, dtype=dtype,
                            method=shape.method)
-    if shape.fallback and shape.rule in ("pinv", "ridge") and not writer.uses_qr:
-        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, n, dtype))
+    if shape.fallback and matrix.Writer(shape.rule, shape.d, dv, chunk, dtype, shape.method).can_fall_back:
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written))
 
     zero = jnp.zeros((), acc)
     stats0 = _Stats(jnp.zeros((lead_max, chunk, dv), dtype), jnp.zeros((lead_max, chunk), dtype), zero, zero, zero,

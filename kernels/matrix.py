@@ -108,6 +108,11 @@ class Writer(NamedTuple):
     def uses_qr(self) -> bool:
         return self.method == "qr32" and self.rule in ("pinv", "ridge")
 
+    @property
+    def can_fall_back(self) -> bool:
+        """Whether a failed Cholesky can be redone by ``eigh_fallback`` (the Gram methods)."""
+        return self.rule in ("pinv", "ridge") and not self.uses_qr
+
     def passes(self, params: Params):
         return params.passes if self.rule == "delta" else 1
 
@@ -204,7 +209,7 @@ def write(rule: str, source: ChunkSource, n, params: Params, *, d: int, dv: int,
     return write_finalize(w, state, n, params)
 
 
-def eigh_fallback(written: Written, n, dtype) -> Written:
+def eigh_fallback(written: Written) -> Written:
     """The minimum-norm solution by an eigenvalue pseudoinverse of K^T K, for rank-deficient K."""
     gram = written.gram
     d = gram.shape[0]
@@ -298,8 +303,8 @@ def _write_arrays(rule, K, V, params, method):
     method = default_method() if method == "auto" else method
     written = write(rule, _array_source(K.astype(dtype), V.astype(dtype), chunk), n, params,
                     d=d, dv=V.shape[1], chunk=chunk, dtype=dtype, method=method)
-    if rule in ("pinv", "ridge") and method == "gram64":
-        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, n, dtype))
+    if Writer(rule, d, V.shape[1], chunk, dtype, method).can_fall_back:
+        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written))
     return written.W.astype(dtype)
 
 
