@@ -122,23 +122,30 @@ def _table_draw(shape: CellShape, key, table, dtype):
     return draw
 
 
+def pair_source(shape, seed, table=None):
+    """(key, draw, scale) of one seed's pair stream. shape: any settings with d, dv, dist, chunk
+    and dtype. draw(index, noisy) -> keys (chunk, d), values (chunk, dv), standard normal noise
+    (chunk, d) of chunk ``index``, drawn from fold_in(key, index); scale: the rms of one key
+    coordinate, the unit of relative noise."""
+    dtype = jnp.dtype(shape.dtype)
+    if shape.dist == TABLE:
+        key = jax.random.fold_in(jax.random.key(seed), shape.d * 65536 + shape.dv)
+        return key, _table_draw(shape, key, table, dtype), jnp.sqrt(jnp.mean(jnp.square(table.astype(dtype))))
+    key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
+
+    def draw(index, noisy):
+        return patterns.draw_chunk(key, index, chunk=shape.chunk, d=shape.d, dv=shape.dv, dist=shape.dist,
+                                   dtype=dtype, noisy=noisy)
+
+    return key, draw, patterns.entry_scale(shape.dist, shape.d)
+
+
 def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
     dtype = jnp.dtype(shape.dtype)
     acc = matrix.accumulate_dtype(dtype)
     n = jnp.asarray(n, jnp.int32)
     chunk, sample, dv = shape.chunk, shape.sample, shape.dv
-    if shape.dist == TABLE:
-        key = jax.random.fold_in(jax.random.key(seed), shape.d * 65536 + dv)
-        draw = _table_draw(shape, key, table, dtype)
-        scale = jnp.sqrt(jnp.mean(jnp.square(table.astype(dtype))))  # rms of one coordinate
-    else:
-        key = patterns.stream_key(seed, shape.d, dv, shape.dist)
-
-        def draw(index, noisy):
-            return patterns.draw_chunk(key, index, chunk=chunk, d=shape.d, dv=dv, dist=shape.dist, dtype=dtype,
-                                       noisy=noisy)
-
-        scale = patterns.entry_scale(shape.dist, shape.d)
+    _, draw, scale = pair_source(shape, seed, table)
     noise_std = jnp.asarray(noise, dtype) * scale
     precise = matrix.is_precise(shape.rule, n, shape.d)
 
