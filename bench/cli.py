@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.spec import KERNELS, PATTERNS, PRESETS, SpecError, SweepSpec
+from bench.spec import KERNELS, PATTERNS, PRESETS, SEPARATIONS, SIMILARITIES, SpecError, SweepSpec
 from bench.store import StoreError
 
 USAGE_ERROR = 2
@@ -77,7 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", type=_csv(float), help="ridge lambdas (default 1)")
     p.add_argument("--eta", type=_csv(float), help="delta-rule steps in units of 1/||k||^2 (default 1)")
     p.add_argument("--passes", type=_int_list, help="delta-rule passes over the data (default 1)")
-    p.add_argument("--acc-queries", type=int, dest="acc_queries", help="most queries scored for accuracy (default 1024)")
+    a = p.add_argument_group("attention memories (--kernels attention)")
+    a.add_argument("--similarity", type=_csv(str), help=f"scores, comma-separated: {','.join(SIMILARITIES)}")
+    a.add_argument("--separation", type=_csv(str), help=f"score to weight maps: {','.join(SEPARATIONS)}")
+    a.add_argument("--beta", type=_csv(float), help="inverse temperatures of softmax and topk (default 1)")
+    a.add_argument("--topk", type=_int_list, help="k of topk separation (default 8); cells with k > n are skipped")
+    a.add_argument("--degree", type=_csv(float), help="degree of polynomial separation (default 3)")
+    a.add_argument("--heads", type=_int_list, help="attention heads, each dividing d (default 1)")
+    a.add_argument("--steps", type=_int_list,
+                   help="updates per recall (default 1; > 1 iterates auto-association: the values are the keys)")
+    a.add_argument("--mask", type=_csv(float), help="fractions of query coordinates zeroed, in [0, 1) (default 0)")
+    p.add_argument("--queries", "--acc-queries", type=int, dest="acc_queries",
+                   help="stored keys queried per cell (attention: every metric; matrix memories: the "
+                        "nearest-neighbour accuracy; default 1024, all when n is smaller)")
+    c = p.add_argument_group("capacity search")
+    c.add_argument("--capacity", action="store_true", default=None,
+                   help="instead of the n grid, find for each memory setting and d the largest n whose mean "
+                        "accuracy stays >= --threshold (doubling, then bisection); writes capacity.parquet")
+    c.add_argument("--threshold", type=float, help="accuracy a capacity search requires (default 0.99)")
+    c.add_argument("--max-n", type=_int_list, dest="max_n", help="cap of a capacity search (default 2^16)")
     p.add_argument("--method", choices=("auto", "gram64", "qr32"), help="least-squares method (default auto)")
     p.add_argument("--out", type=Path, default=Path("results"), help="where run directories go (default results/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
@@ -93,13 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SPEC_FLAGS = ("kernels", "d", "n", "dv", "noise", "seeds", "dtype", "patterns", "lam", "eta", "passes",
-              "acc_queries", "method")
+              "similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask", "acc_queries", "method",
+              "capacity", "threshold", "max_n")
+ATTENTION_FLAGS = ("similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k) is not None}
+    if "max_n" in overrides:
+        if len(overrides["max_n"]) != 1:
+            _fail(f"--max-n: give one number, got {len(overrides['max_n'])}")
+        overrides["max_n"] = overrides["max_n"][0]
     try:
+        _check_flag_combinations(args, overrides)
         if args.resume is not None:
             return _resume(args, overrides)
         spec = SweepSpec.from_preset(args.preset or "default", **overrides)
@@ -109,6 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, StoreError) as e:
         _fail(str(e))
     return _start(spec, args)
+
+
+def _check_flag_combinations(args, overrides: dict[str, Any]) -> None:
+    """Flags that would be silently ignored are errors."""
+    if args.resume is not None:
+        return
+    kernels = overrides.get("kernels") or SweepSpec.from_preset(args.preset or "default").kernels
+    given = [f for f in ATTENTION_FLAGS if f in overrides]
+    if given and "attention" not in kernels:
+        raise SpecError(f"--{given[0]} applies to attention memories; add attention to --kernels")
+    if overrides.get("capacity") and "n" in overrides:
+        raise SpecError("--n has no effect with --capacity (the search chooses n); drop it and set the cap "
+                        "with --max-n")
+    if not overrides.get("capacity") and ("threshold" in overrides or "max_n" in overrides):
+        raise SpecError("--threshold and --max-n apply to a capacity search; add --capacity")
 
 
 def _start(spec: SweepSpec, args) -> int:
@@ -168,7 +208,7 @@ def _finish(spec: SweepSpec, run_dir: Path, args) -> int:
     manifest["status"] = "complete"
     manifest["ended"] = _now()
     store.write_manifest(run_dir, manifest)
-    store.merge(run_dir, manifest, [c.id for c in spec.cells()])
+    store.merge(run_dir, manifest, manifest["cell_order"])
     if not args.no_report:
         from bench import hallucination, plots, report
 

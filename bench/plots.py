@@ -25,20 +25,33 @@ from bench import store
 FIGURES = "figures"
 COS_THRESHOLD = 0.9
 ACC_THRESHOLD = 0.99
-SETTING_COLUMNS = ["kernel", "lam", "eta", "passes", "patterns", "dtype", "noise"]
+SETTING_COLUMNS = list(store.SETTING_FIELDS)
+_KNOB_COLUMNS = ("lam", "eta", "passes", "similarity", "separation", "beta", "topk", "degree", "heads", "steps")
 # Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (normal beyond).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
 
 
-def setting_name(row) -> str:
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def memory_name(row) -> str:
+    """The memory and the knobs it reads, e.g. 'attention scaled_dot topk beta=1 topk=8'."""
     parts = [str(row["kernel"])]
-    for knob in ("lam", "eta", "passes"):
-        value = row[knob]
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            parts.append(f"{knob}={_num(value)}")
-    parts.append(f"noise={_num(row['noise'])}")
+    for knob in _KNOB_COLUMNS:
+        value = row.get(knob)
+        if not _given(value) or (knob in ("heads", "steps") and int(value) == 1):
+            continue
+        parts.append(str(value) if knob in ("similarity", "separation") else f"{knob}={_num(value)}")
+    return " ".join(parts)
+
+
+def setting_name(row) -> str:
+    parts = [memory_name(row), f"noise={_num(row['noise'])}"]
+    if _given(row.get("mask")) and row["mask"] > 0:
+        parts.append(f"mask={_num(row['mask'])}")
     if row["patterns"] != "gaussian":
         parts.append(str(row["patterns"]))
     if row["dtype"] != "float32":
@@ -105,12 +118,88 @@ def draw_all(run_dir: Path) -> list[Path]:
             setting = dict(zip(others, key), patterns="gaussian")
             name = setting_name(setting).replace("noise=", "patterns compared, noise=")
             written.append(_save(_patterns_figure(group, name), fig_dir / _file_name(name)))
+    side = _side_by_side_d(summary)
+    if side is not None:
+        group = summary[(summary["d"] == side) & (summary["noise"] == 0) & (summary["patterns"] == "gaussian")
+                        & ~(summary["mask"].fillna(0) > 0)]
+        written.append(_save(_memories_figure(group, side), fig_dir / f"matrix_vs_attention_d={side}"))
     from bench import hallucination
 
     curve = hallucination.load(run_dir)
     if curve is not None:
         written.append(_save(_hallucination_figure(curve), fig_dir / "fuzzy_kv_hallucination"))
+    found = store.load_capacity(run_dir)
+    if found is not None and len(found):
+        written.append(_save(capacity_figure(found), fig_dir / "capacity_vs_d"))
     return written
+
+
+def _side_by_side_d(summary: pd.DataFrame) -> int | None:
+    """The d at which matrix and attention memories are compared: the middle of the d both ran
+    (noise-free Gaussian cells), or None when only one family ran."""
+    clean = summary[(summary["noise"] == 0) & (summary["patterns"] == "gaussian")]
+    attention = set(clean.loc[clean["kernel"] == "attention", "d"])
+    matrix = set(clean.loc[clean["kernel"] != "attention", "d"])
+    common = sorted(attention & matrix)
+    return int(common[(len(common) - 1) // 2]) if common else None
+
+
+def _memories_figure(group: pd.DataFrame, d: int) -> Figure:
+    fig = Figure(figsize=(12, 4.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    names = sorted({memory_name(r) for _, r in group.iterrows()})
+    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, max(len(names), 2)))
+    for ax, (metric, label) in zip(axes, [("cos", "cosine similarity (recalled, true)"),
+                                          ("acc", "nearest-neighbour accuracy")]):
+        for colour, name in zip(colours, names):
+            g = group[group.apply(memory_name, axis=1) == name].sort_values("n")
+            style = "--o" if g["kernel"].iloc[0] == "attention" else "-s"
+            ax.plot(g["n"], g[metric], style, color=colour, ms=3, lw=1.3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stored pairs n")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[1].axhline(ACC_THRESHOLD, color="grey", lw=0.8, alpha=0.6)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"matrix (solid) and attention (dashed) memories side by side, d={d}, exact queries")
+    return fig
+
+
+def capacity_figure(found: pd.DataFrame) -> Figure:
+    """Capacity against d on log-log axes, one line per setting: filled markers where the
+    search found the capacity, open triangles where it reached the cap (a lower bound); the
+    analytic scale dotted (bench.theory.capacity_scale; a scale, not the exact n at the
+    threshold)."""
+    fig = Figure(figsize=(8, 5.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    names = [setting_name(r) for _, r in found.iterrows()]
+    found = found.assign(setting=names)
+    settings = sorted(set(names))
+    colours = matplotlib.colormaps["tab10" if len(settings) <= 10 else "tab20"](np.linspace(0, 1, max(len(settings), 2)))
+    cap = int(found["max_n"].max())
+    for colour, name in zip(colours, settings):
+        g = found[found["setting"] == name].sort_values("d")
+        shown = g["capacity"].where(g["capacity"] > 0)
+        ax.plot(g["d"], shown, "-", color=colour, lw=1.3, label=name)
+        ax.plot(g.loc[~g["capped"], "d"], shown[~g["capped"]], "o", color=colour, ms=5)
+        ax.plot(g.loc[g["capped"], "d"], shown[g["capped"]], "^", color=colour, ms=7, mfc="none")
+        theory = g["theory_scale"].astype(float).clip(upper=cap * 4)
+        if theory.notna().any():
+            ax.plot(g["d"], theory, ":", color=colour, lw=1.6)
+    ax.axhline(cap, color="grey", lw=0.8, alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("key dimension d")
+    ax.set_ylabel(f"capacity: largest n with accuracy >= {found['threshold'].iloc[0]:g}")
+    ax.grid(True, which="major", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="k", marker="^", mfc="none", ls=""), Line2D([], [], color="k", ls=":", lw=1.6)]
+    labels += [f"reached the cap {cap} (a lower bound)", "theory scale"]
+    ax.legend(handles, labels, fontsize=7)
+    ax.set_title("capacity search (doubling, then bisection)")
+    return fig
 
 
 def _patterns_figure(group: pd.DataFrame, title: str) -> Figure:

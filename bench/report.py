@@ -16,11 +16,27 @@ import pandas as pd
 from bench import plots, store
 
 
+THEORY_NOTE = (
+    "Theory where it is approximate: pinv, hebbian and ridge curves are large-d limits (within 0.01 for d >= 64, "
+    "n >= 2d). Softmax attention uses a mean-field weight on the right key, p = 1 / (1 + (n-1) exp(beta^2 sigma^2 / 2 "
+    "- beta mu)), and cos = 1 / sqrt(1 + (n-1) exp(2 beta^2 sigma^2 - 2 beta mu)) (averaged over the key norm for "
+    "Gaussian keys); it is drawn only where n - 1 >= exp(4 beta^2 sigma^2), where the sum over the other keys "
+    "concentrates. Linear attention (identity) is the Hebbian memory. Top-k, polynomial, word vectors, masks, "
+    "several heads or steps: no curve.")
+SEARCH_NOTE = (
+    "For each setting and d: doubling n from the first probe (k for top-k), then bisection to 1/32 of n, each probe "
+    "with the same seeds; the capacity is the largest probed n whose mean accuracy over seeds held. '>= cap' means "
+    "it held at --max-n. Theory scale (bench.theory.capacity_scale): d for pinv; for softmax the n where the "
+    "mean-field weight on the right key falls to 1/2 (exponential in beta mu: in d for the raw dot product of "
+    "Gaussian keys, in sqrt(d) when scaled); d^(degree-1) with constant 1 for polynomial attention; inf for max "
+    "with exact queries. They are scales, not the n at the threshold.")
+
+
 def timing_table(df: pd.DataFrame, matmul_gflops: float | None) -> pd.DataFrame:
-    """Per (kernel, d): cells, compile and run seconds, achieved GFLOP/s and its share of the
+    """Per (kernel, attention similarity and separation, d): cells, compile and run seconds, achieved GFLOP/s and its share of the
     matmul rate measured in the same process."""
     ok = df[df["status"].isin(["ok", "nan"])]
-    t = ok.groupby(["kernel", "d"]).agg(cells=("cell_id", "nunique"), compile_s=("compile_s", "sum"),
+    t = ok.groupby(["kernel", "similarity", "separation", "d"], dropna=False).agg(cells=("cell_id", "nunique"), compile_s=("compile_s", "sum"),
                                         run_s=("run_s", "sum"), flops=("flops", "sum")).reset_index()
     t["gflops"] = t["flops"] / t["run_s"].where(t["run_s"] > 0) / 1e9
     t["of_matmul"] = t["gflops"] / matmul_gflops if matmul_gflops else float("nan")
@@ -34,7 +50,17 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     timings = timing_table(df, manifest.get("matmul_gflops"))
     figures = sorted((run_dir / plots.FIGURES).glob("*.png"))
     status = df["status"].value_counts().to_dict()
-    problems = df[df["status"] != "ok"][["kernel", "d", "n", "noise", "seed", "status", "error"]]
+    problems = df[df["status"] != "ok"][["kernel", "similarity", "separation", "topk", "d", "n", "noise", "seed",
+                                         "status", "error"]]
+    found = store.load_capacity(run_dir)
+    searched = None
+    if found is not None and len(found):
+        searched = found.assign(setting=[plots.setting_name(r) for _, r in found.iterrows()],
+                                probes=found["probes_n"].map(len),
+                                acc_at_capacity=found["acc_at_capacity"].round(4),
+                                theory_scale=found["theory_scale"].map(lambda x: f"{x:.3g}"))
+        searched = searched[["setting", "d", "capacity_text", "acc_at_capacity", "probes", "theory_scale"]].rename(
+            columns={"capacity_text": f"capacity (accuracy >= {found['threshold'].iloc[0]:g})"})
 
     about = [
         ("run", manifest.get("run_id")),
@@ -58,7 +84,10 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     md = ["# Associative-memory benchmark report", "", "## What ran, and on what", ""]
     md += [f"- **{k}**: {v}" for k, v in about]
     md += ["", "Dashed lines: random baseline. Dotted: theory (see bench/theory.py; approximate at small d).", "",
-           "## Capacity", "", _markdown(cap), "", "## Timings", "",
+           THEORY_NOTE, ""]
+    if searched is not None:
+        md += ["## Capacity search", "", SEARCH_NOTE, "", _markdown(searched), ""]
+    md += ["## Capacity on the grid", "", _markdown(cap), "", "## Timings", "",
            "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.", "",
            _markdown(tim), ""]
     from bench import hallucination
@@ -81,7 +110,10 @@ def build(run_dir: Path) -> tuple[Path, Path]:
              "<h1>Associative-memory benchmark report</h1><h2>What ran, and on what</h2><ul>"]
     parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in about]
     parts += ["</ul><p>Dashed lines: random baseline. Dotted: theory (approximate at small d).</p>",
-              "<h2>Capacity</h2>", cap.to_html(index=False), "<h2>Timings</h2>",
+              f"<p>{html.escape(THEORY_NOTE)}</p>"]
+    if searched is not None:
+        parts += ["<h2>Capacity search</h2>", f"<p>{html.escape(SEARCH_NOTE)}</p>", searched.to_html(index=False)]
+    parts += ["<h2>Capacity on the grid</h2>", cap.to_html(index=False), "<h2>Timings</h2>",
               "<p>compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.</p>",
               tim.to_html(index=False)]
     if curve is not None:

@@ -9,7 +9,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNELS = ("pinv", "hebbian", "ridge", "delta")
+MATRIX_KERNELS = ("pinv", "hebbian", "ridge", "delta")
+KERNELS = MATRIX_KERNELS + ("attention",)
+# Attention settings (kept in step with kernels.attention, which this module does not import:
+# validating a spec must not start JAX).
+SIMILARITIES = ("dot", "scaled_dot", "cosine", "euclidean", "manhattan")
+SEPARATIONS = ("softmax", "topk", "max", "polynomial", "identity")
 PATTERNS = ("gaussian", "sphere", "binary", "glove")
 # GloVe 6B 50-d: pairs are distinct words among the most frequent GLOVE_WORDS.
 GLOVE_DIM = 50
@@ -17,7 +22,13 @@ GLOVE_WORDS = 100_000
 DTYPES = ("float32", "float64")
 METHODS = ("auto", "gram64", "qr32")
 # Knobs of each memory: the spec field that sweeps it. Other knobs are not columns of its rows.
-KNOBS = {"pinv": (), "hebbian": (), "ridge": ("lam",), "delta": ("eta", "passes")}
+KNOBS = {"pinv": (), "hebbian": (), "ridge": ("lam",), "delta": ("eta", "passes"),
+         "attention": ("similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask")}
+# Attention knobs that only some separations read (the others get None in their rows).
+SEPARATION_KNOBS = {"beta": ("softmax", "topk"), "topk": ("topk",), "degree": ("polynomial",)}
+# Axes of the spec that are tuples (sweep axes).
+AXES = ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns", "similarity", "separation", "beta", "topk",
+        "degree", "heads", "steps", "mask")
 
 
 class SpecError(ValueError):
@@ -30,13 +41,16 @@ def _powers(lo: int, hi: int) -> tuple[int, ...]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A smoke test: every memory on a tiny grid, seconds on a laptop.
-    "quick": dict(kernels=KERNELS, d=(16, 32), n=(4, 16, 32, 64, 256), noise=(0.0,), seeds=2),
+    "quick": dict(kernels=KERNELS, d=(16, 32), n=(4, 16, 32, 64, 256), noise=(0.0,), seeds=2,
+                  similarity=("dot", "scaled_dot"), separation=("softmax", "topk"), topk=(4,)),
     # The classic notebook grid, every memory, three seeds (add --noise 0,0.1 to see the
-    # pseudoinverse's error peak at n = d).
-    "default": dict(kernels=KERNELS, d=_powers(6, 10), n=_powers(2, 15), noise=(0.0,), seeds=3),
+    # pseudoinverse's error peak at n = d); attention with transformer-style settings.
+    "default": dict(kernels=KERNELS, d=_powers(6, 10), n=_powers(2, 15), noise=(0.0,), seeds=3,
+                    similarity=("dot", "scaled_dot"), separation=("softmax", "topk"), beta=(1.0,), topk=(8,)),
     # Sized for a GPU workstation.
     "full": dict(kernels=KERNELS, d=_powers(6, 12), n=_powers(2, 20), noise=(0.0, 0.05, 0.1, 0.3), seeds=8,
-                 lam=(0.01, 1.0, 100.0), passes=(1, 4)),
+                 lam=(0.01, 1.0, 100.0), passes=(1, 4), similarity=SIMILARITIES, separation=SEPARATIONS,
+                 beta=(1.0, 4.0, 16.0), topk=(1, 8, 64), degree=(2.0, 3.0, 5.0), heads=(1, 4)),
 }
 
 
@@ -45,9 +59,15 @@ class SweepSpec:
     """A sweep: every kernel x its knobs x d x n x noise, each cell run over ``seeds`` seeds.
 
     dv: value dimension (None: equal to d). patterns: key/value distributions, a sweep axis
-    ("glove": distinct words of GloVe 6B 50-d, d <= 50, smaller d by random projection). lam: ridge lambdas. eta: delta-rule steps in
-    units of 1/||k||^2. passes: delta-rule epochs. acc_queries: most queries scored for
-    nearest-neighbour accuracy. method: least-squares method for pinv and ridge.
+    ("glove": distinct words of GloVe 6B 50-d, d <= 50, smaller d by random projection).
+    lam: ridge lambdas. eta: delta-rule steps in units of 1/||k||^2. passes: delta-rule
+    epochs. Attention: similarity x separation, beta (inverse temperature of softmax and
+    topk), topk (k of topk), degree (of polynomial), heads, steps (> 1: auto-association, the
+    values are the keys), mask (fraction of query coordinates zeroed). acc_queries: how many
+    stored keys are queried (attention: every metric is over them; matrix memories: the
+    nearest-neighbour accuracy). method: least-squares method for pinv and ridge.
+    capacity: instead of the n grid, search each (setting, d) for the largest n whose mean
+    accuracy stays >= threshold, up to max_n.
     """
 
     kernels: tuple[str, ...] = KERNELS
@@ -61,12 +81,23 @@ class SweepSpec:
     lam: tuple[float, ...] = (1.0,)
     eta: tuple[float, ...] = (1.0,)
     passes: tuple[int, ...] = (1,)
+    similarity: tuple[str, ...] = ("dot",)
+    separation: tuple[str, ...] = ("softmax",)
+    beta: tuple[float, ...] = (1.0,)
+    topk: tuple[int, ...] = (8,)
+    degree: tuple[float, ...] = (3.0,)
+    heads: tuple[int, ...] = (1,)
+    steps: tuple[int, ...] = (1,)
+    mask: tuple[float, ...] = (0.0,)
     acc_queries: int = 1024
     method: str = "auto"
+    capacity: bool = False
+    threshold: float = 0.99
+    max_n: int = 2**16
     preset: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns"):
+        for name in AXES:
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = (value,)
@@ -74,15 +105,17 @@ class SweepSpec:
             if not value:
                 raise SpecError(f"{name}: empty; give at least one value")
             object.__setattr__(self, name, value)
-        for name in self.kernels:
-            if name not in KERNELS:
-                raise SpecError(f"kernels: unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
-        for name in ("d", "n", "passes"):
+        for name, allowed in (("kernels", KERNELS), ("similarity", SIMILARITIES), ("separation", SEPARATIONS)):
+            for v in getattr(self, name):
+                if v not in allowed:
+                    raise SpecError(f"{name}: unknown {name.rstrip('s')} {v!r}; choose from {', '.join(allowed)}")
+        for name in ("d", "n", "passes", "topk", "heads", "steps"):
             for v in getattr(self, name):
                 if not _positive_int(v):
                     raise SpecError(f"{name}: {v!r} is not a positive integer; give whole numbers >= 1")
         _check_positive_int("seeds", self.seeds)
         _check_positive_int("acc_queries", self.acc_queries)
+        _check_positive_int("max_n", self.max_n)
         if self.dv is not None:
             _check_positive_int("dv", self.dv)
         for v in self.noise:
@@ -94,6 +127,28 @@ class SweepSpec:
         for v in self.eta:
             if not _finite(v) or not 0 < v < 2:
                 raise SpecError(f"eta: {v!r} is not allowed; the normalised delta rule is stable for 0 < eta < 2")
+        for v in self.beta:
+            if not _finite(v) or v <= 0:
+                raise SpecError(f"beta: {v!r} is not allowed; the inverse temperature must be finite and > 0")
+        for v in self.degree:
+            if not _finite(v) or v <= 0:
+                raise SpecError(f"degree: {v!r} is not allowed; the polynomial degree must be finite and > 0")
+        for v in self.mask:
+            if not _finite(v) or not 0 <= v < 1:
+                raise SpecError(f"mask: {v!r} is not allowed; give the fraction of query coordinates zeroed, "
+                                "in [0, 1)")
+        if not _finite(self.threshold) or not 0 < self.threshold <= 1:
+            raise SpecError(f"threshold: {self.threshold!r} is not allowed; give an accuracy in (0, 1]")
+        if "attention" in self.kernels:
+            dims = [("d", d) for d in self.d] + ([("dv", self.dv)] if self.dv else [])
+            for h in self.heads:
+                for name, dim in dims:
+                    if dim % h:
+                        raise SpecError(f"heads: {h} does not divide {name} = {dim}; use head counts that divide "
+                                        f"every d{' and dv' if self.dv else ''}")
+            if max(self.steps) > 1 and self.dv is not None and any(self.dv != d for d in self.d):
+                raise SpecError(f"steps: {max(self.steps)} iterates auto-association (values are the keys), "
+                                f"which needs dv == d; drop --dv or use --steps 1")
         for v in self.patterns:
             if v not in PATTERNS:
                 raise SpecError(f"patterns: unknown distribution {v!r}; choose from {', '.join(PATTERNS)}")
@@ -102,22 +157,22 @@ class SweepSpec:
             if too_big:
                 raise SpecError(f"d: {too_big[0]} is more than the {GLOVE_DIM} dimensions of the GloVe vectors; "
                                 f"use --d <= {GLOVE_DIM} with --patterns glove (smaller d are random projections)")
-            if max(self.n) > GLOVE_WORDS // 2:
-                raise SpecError(f"n: {max(self.n)} pairs need {2 * max(self.n)} distinct words; --patterns glove "
-                                f"draws from the {GLOVE_WORDS} most frequent, so use n <= {GLOVE_WORDS // 2}")
+            largest, flag = (self.max_n, "max_n") if self.capacity else (max(self.n), "n")
+            if largest > GLOVE_WORDS // 2:
+                raise SpecError(f"{flag}: {largest} pairs need {2 * largest} distinct words; --patterns glove "
+                                f"draws from the {GLOVE_WORDS} most frequent, so use {flag} <= {GLOVE_WORDS // 2}")
         for name, allowed in (("dtype", DTYPES), ("method", METHODS)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name}: unknown value {getattr(self, name)!r}; choose from {', '.join(allowed)}")
-        for name in ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns"):
+        for name in AXES:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise SpecError(f"{name}: {list(values)} repeats a value; list each value once")
-        object.__setattr__(self, "d", tuple(int(v) for v in self.d))
-        object.__setattr__(self, "n", tuple(int(v) for v in self.n))
-        object.__setattr__(self, "passes", tuple(int(v) for v in self.passes))
-        object.__setattr__(self, "noise", tuple(float(v) for v in self.noise))
-        object.__setattr__(self, "lam", tuple(float(v) for v in self.lam))
-        object.__setattr__(self, "eta", tuple(float(v) for v in self.eta))
+        for name in ("d", "n", "passes", "topk", "heads", "steps"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("noise", "lam", "eta", "beta", "degree", "mask"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "threshold", float(self.threshold))
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides: Any) -> "SweepSpec":
@@ -138,26 +193,43 @@ class SweepSpec:
             raise SpecError(f"spec: unknown fields {sorted(unknown)}; this version knows {sorted(names)}")
         return cls(**data)
 
-    def cells(self) -> list["Cell"]:
-        """Every cell, grouped so each compiled family (kernel, d) runs its cells together."""
+    def settings(self) -> list["Cell"]:
+        """Every (memory setting, patterns, d, noise, mask) with n = 0: the searches of a
+        capacity run, and the rows of the grid before n is chosen."""
         out = []
         for kernel in self.kernels:
-            knob_grid = [dict()]
-            for knob in KNOBS[kernel]:
-                knob_grid = [{**g, knob: v} for g in knob_grid for v in getattr(self, knob)]
             for patterns in self.patterns:
                 for d in self.d:
-                    for knobs in knob_grid:
+                    for knobs in self._knob_grid(kernel):
                         for noise in self.noise:
-                            for n in self.n:
-                                out.append(Cell(kernel=kernel, d=d, n=n, dv=self.dv or d, noise=noise,
-                                                patterns=patterns, dtype=self.dtype, **knobs))
+                            for mask in (self.mask if kernel == "attention" else (None,)):
+                                steps = knobs.get("steps", 1)
+                                dv = d if steps > 1 else (self.dv or d)
+                                out.append(Cell(kernel=kernel, d=d, n=0, dv=dv, noise=noise, patterns=patterns,
+                                                dtype=self.dtype, mask=mask, **knobs))
         return out
+
+    def cells(self) -> list["Cell"]:
+        """Every cell of the grid, grouped so each compiled family runs its cells together."""
+        return [dataclasses.replace(s, n=n) for s in self.settings() for n in self.n]
+
+    def _knob_grid(self, kernel: str) -> list[dict[str, Any]]:
+        grid: list[dict[str, Any]] = [dict()]
+        for knob in KNOBS[kernel]:
+            if knob == "mask":  # a corruption, iterated beside noise
+                continue
+            expanded = []
+            for g in grid:
+                applies = knob not in SEPARATION_KNOBS or g["separation"] in SEPARATION_KNOBS[knob]
+                expanded += [{**g, knob: v} for v in getattr(self, knob)] if applies else [{**g, knob: None}]
+            grid = expanded
+        return grid
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid; every seed of it runs in one batched call."""
+    """One point of the grid; every seed of it runs in one batched call. Knobs a memory does
+    not read are None."""
 
     kernel: str
     d: int
@@ -169,6 +241,14 @@ class Cell:
     lam: float | None = None
     eta: float | None = None
     passes: int | None = None
+    similarity: str | None = None
+    separation: str | None = None
+    beta: float | None = None
+    topk: int | None = None
+    degree: float | None = None
+    heads: int | None = None
+    steps: int | None = None
+    mask: float | None = None
 
     @property
     def id(self) -> str:
@@ -176,9 +256,22 @@ class Cell:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def knob_text(self) -> str:
+        """The memory and the knobs it reads, e.g. 'attention scaled_dot topk beta=1 topk=8'."""
+        parts = [self.kernel]
+        for knob in KNOBS[self.kernel]:
+            value = getattr(self, knob)
+            if value is None or knob == "mask":
+                continue
+            if knob in ("similarity", "separation"):
+                parts.append(str(value))
+            elif not (knob in ("heads", "steps") and value == 1):
+                parts.append(f"{knob}={value:g}" if isinstance(value, float) else f"{knob}={value}")
+        return " ".join(parts)
+
     def label(self) -> str:
-        knobs = "".join(f" {k}={getattr(self, k)}" for k in KNOBS[self.kernel])
-        return f"{self.kernel}{knobs} d={self.d} n={self.n} noise={self.noise}"
+        corruption = f" mask={self.mask:g}" if self.mask else ""
+        return f"{self.knob_text()} d={self.d} n={self.n} noise={self.noise}{corruption}"
 
 
 def _positive_int(v: Any) -> bool:

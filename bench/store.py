@@ -4,7 +4,7 @@ reader (or a killed run) never sees half a file.
 
 Layout of a run, ``<out>/<run_id>/``: manifest.json, parts/<cell id>.parquet (one per
 finished cell), results.parquet (all parts merged, with the manifest in its schema
-metadata), figures/, report.html, report.md.
+metadata), capacity.parquet (a --capacity run's search results), figures/, report.html, report.md.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ SCHEMA = pa.schema([
     ("lam", pa.float64()),
     ("eta", pa.float64()),
     ("passes", pa.int64()),
+    ("similarity", pa.string()),
+    ("separation", pa.string()),
+    ("beta", pa.float64()),
+    ("topk", pa.int64()),
+    ("degree", pa.float64()),
+    ("heads", pa.int64()),
+    ("steps", pa.int64()),
+    ("mask", pa.float64()),
     ("patterns", pa.string()),
     ("dtype", pa.string()),
     ("d", pa.int64()),
@@ -58,6 +66,24 @@ SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
 ])
+# The capacity table of a --capacity run: one row per (memory setting, patterns, d, noise, mask).
+SETTING_FIELDS = ("kernel", "lam", "eta", "passes", "similarity", "separation", "beta", "topk", "degree", "heads",
+                  "steps", "patterns", "dtype", "noise", "mask")
+CAPACITY_SCHEMA = pa.schema(
+    [(name, SCHEMA.field(name).type) for name in ("run_id",) + SETTING_FIELDS + ("d", "dv")] + [
+        ("threshold", pa.float64()),    # mean accuracy over seeds that must hold
+        ("max_n", pa.int64()),          # the search's cap
+        ("start_n", pa.int64()),        # the first probe (k for top-k)
+        ("capacity", pa.int64()),       # largest probed n that held; 0 when even start_n failed
+        ("capped", pa.bool_()),         # True: held at max_n, so the capacity is >= max_n
+        ("capacity_text", pa.string()), # "1234", ">= 65536" or "< 8"
+        ("acc_at_capacity", pa.float64()),
+        ("theory_scale", pa.float64()), # analytic capacity scale where one is known (bench.theory)
+        ("probes_n", pa.list_(pa.int64())),       # every probe, in the order run
+        ("probes_acc", pa.list_(pa.float64())),
+        ("probes_status", pa.list_(pa.string())),
+    ])
+CAPACITY = "capacity.parquet"
 # Columns that differ between two runs of the same spec on the same machine.
 TIMING_COLUMNS = ("run_id", "compile_s", "run_s", "gflops")
 STATUSES = ("ok", "nan", "error", "skipped")
@@ -132,6 +158,20 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> Path:
 def write_part(run_dir: Path, cell_id: str, rows: list[dict[str, Any]]) -> Path:
     """One finished cell's rows, written at once (temp name, then rename)."""
     return atomic_write_parquet(run_dir / PARTS / f"{cell_id}.parquet", rows_to_table(rows))
+
+
+def write_capacity(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    return atomic_write_parquet(run_dir / CAPACITY, pa.Table.from_pylist(rows, schema=CAPACITY_SCHEMA))
+
+
+def load_capacity(run_dir: Path):
+    """The capacity table as pandas, or None when the run searched no capacity."""
+    path = run_dir / CAPACITY
+    return pq.read_table(path).to_pandas() if path.is_file() else None
+
+
+def read_part(run_dir: Path, cell_id: str) -> list[dict[str, Any]]:
+    return pq.read_table(run_dir / PARTS / f"{cell_id}.parquet", schema=SCHEMA).to_pylist()
 
 
 def finished_cells(run_dir: Path) -> set[str]:

@@ -98,3 +98,126 @@ def baseline_dist(dv: int, patterns: str = "gaussian") -> float:
         w = np.sin(theta) ** (dv - 2)
         return float(np.sum(w * np.sqrt(2 - 2 * t)) / np.sum(w))
     raise ValueError(f"unknown patterns {patterns!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention memories. A query equal to stored key i scores mu against it and, against each of
+# the n - 1 other (independent) keys, a score that is ~ Normal(0, sigma^2) for large d. The
+# mean-field weight on the right key replaces the sum over the others by its expectation,
+# E exp(beta s) = exp(beta^2 sigma^2 / 2):
+#
+#     Z = exp(beta mu) + (n - 1) exp(beta^2 sigma^2 / 2),   p = exp(beta mu) / Z,
+#
+# e.g. p = 1 / (1 + (n - 1) exp(beta^2 / (2d) - beta)) for unit keys and the dot product. The
+# recalled value is p v_i + sum_j w_j v_j; with independent values of equal norm
+# cos = p / sqrt(p^2 + sum_j w_j^2) and sum_j w_j^2 = (n - 1) exp(2 beta^2 sigma^2) / Z^2.
+# The law of large numbers behind it needs n - 1 >> exp(beta^2 sigma^2) (a log-normal sum
+# concentrates slowly); below that a few keys dominate and the formula is only indicative.
+
+# (mu, sigma^2) of the scores, per (similarity, patterns), for dimension d.
+_SCORE_MOMENTS = {
+    ("dot", "sphere"): lambda d: (1.0, 1.0 / d),
+    ("scaled_dot", "sphere"): lambda d: (d**-0.5, 1.0 / d**2),
+    ("dot", "gaussian"): lambda d: (float(d), float(d)),
+    ("scaled_dot", "gaussian"): lambda d: (d**0.5, 1.0),
+    ("dot", "binary"): lambda d: (float(d), float(d)),
+    ("scaled_dot", "binary"): lambda d: (d**0.5, 1.0),
+}
+for _p in ("sphere", "gaussian", "binary"):
+    _SCORE_MOMENTS[("cosine", _p)] = lambda d: (1.0, 1.0 / d)
+
+
+def softmax_weight(d: int, n: int, beta: float, similarity: str = "dot", patterns: str = "sphere") -> float:
+    """Mean-field softmax weight on the right key when the query is that stored key (NaN
+    where the score moments are not known)."""
+    moments = _SCORE_MOMENTS.get((similarity, patterns))
+    if moments is None:
+        return math.nan
+    mu, var = moments(d)
+    # In logs: exp(beta mu) overflows for the raw dot product of Gaussian keys.
+    log_rest = math.log(n - 1) + beta**2 * var / 2 - beta * mu if n > 1 else -math.inf
+    return 1.0 / (1.0 + math.exp(min(log_rest, 700.0)))
+
+
+def softmax_cos(d: int, n: int, beta: float, similarity: str = "dot", patterns: str = "sphere") -> float:
+    """Mean-field cosine between the softmax recall of a stored key and its value,
+    1 / sqrt(1 + (n - 1) exp(2 beta^2 sigma^2 - 2 beta mu)) (p and Z cancel), averaged over the
+    query's squared norm r ~ chi^2_d for Gaussian keys (mu and sigma^2 scale with r / d).
+    NaN where the mean field does not hold: the sum of the n - 1 squared weights concentrates
+    only when n - 1 >= exp(4 beta^2 sigma^2)."""
+    moments = _SCORE_MOMENTS.get((similarity, patterns))
+    if moments is None:
+        return math.nan
+    if n == 1:
+        return 1.0
+    mu, var = moments(d)
+    if math.log(n - 1) < 4 * beta**2 * var:
+        return math.nan
+    if patterns == "gaussian" and similarity != "cosine":
+        # r = |k|^2 / d: the self score is mu r; the others' variance var r (the query's norm).
+        r, w = _chi2_over_d(d)
+        log_sq = math.log(n - 1) + 2 * beta**2 * var * r - 2 * beta * mu * r
+        return float(np.sum(w / np.sqrt(1.0 + np.exp(np.minimum(log_sq, 700.0)))))
+    log_sq = math.log(n - 1) + 2 * beta**2 * var - 2 * beta * mu
+    return 0.0 if log_sq > 700 else 1.0 / math.sqrt(1.0 + math.exp(log_sq))
+
+
+def _chi2_over_d(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes r and weights (summing to 1) of chi^2_d / d, on a grid that covers +-12 sd."""
+    sd = math.sqrt(2.0 / d)
+    r = np.linspace(max(1e-9, 1 - 12 * sd), 1 + 12 * sd, _QUADRATURE_POINTS)
+    x = r * d
+    log_density = (d / 2 - 1) * np.log(x) - x / 2 - (d / 2) * math.log(2) - math.lgamma(d / 2)
+    w = np.exp(log_density - log_density.max())
+    return r, w / w.sum()
+
+
+def softmax_capacity_scale(d: int, beta: float, similarity: str = "dot", patterns: str = "gaussian") -> float:
+    """The n at which the mean-field weight on the right key falls to 1/2:
+    1 + exp(beta mu - beta^2 sigma^2 / 2). Exponential in beta mu: in d for the raw dot
+    product of Gaussian keys (mu = d), in sqrt(d) for the scaled dot product."""
+    moments = _SCORE_MOMENTS.get((similarity, patterns))
+    if moments is None:
+        return math.nan
+    mu, var = moments(d)
+    exponent = beta * mu - beta**2 * var / 2
+    return math.inf if exponent > 700 else 1.0 + math.exp(exponent)
+
+
+def cell_cos(cell) -> float:
+    """Theory cosine of a spec cell (bench.spec.Cell), NaN where none is known."""
+    if cell.kernel != "attention":
+        return theory_cos(cell.kernel, cell.d, cell.n, cell.noise, cell.lam, cell.patterns)
+    if cell.patterns == "glove" or cell.mask or cell.heads != 1 or cell.steps != 1:
+        return math.nan
+    if cell.separation == "identity" and cell.similarity in ("dot", "scaled_dot"):
+        # Linear attention is the Hebbian memory: sum_j (q . k_j) v_j = q K^T V (any positive scale).
+        return theory_cos("hebbian", cell.d, cell.n, cell.noise)
+    if cell.noise:
+        return math.nan
+    if cell.separation == "softmax":
+        return softmax_cos(cell.d, cell.n, cell.beta, cell.similarity, cell.patterns)
+    if cell.separation == "max" and cell.similarity in ("cosine", "euclidean", "manhattan"):
+        return 1.0  # the stored key itself is the unique best match of an exact query
+    return math.nan
+
+
+def capacity_scale(cell) -> float:
+    """An analytic capacity scale of a setting (bench.spec.Cell, any n), NaN where none is
+    known. Scales, not the exact n at a given accuracy: pinv recalls exactly while n <= d
+    (exact queries); softmax attention: softmax_capacity_scale; polynomial attention
+    (dense associative memory, Krotov & Hopfield): ~ d^(degree - 1), returned with constant 1;
+    max with cosine / euclidean / manhattan and exact queries: unbounded (inf)."""
+    if cell.patterns == "glove" or cell.noise or (cell.mask or 0) or (cell.heads or 1) != 1 or (cell.steps or 1) != 1:
+        return math.nan
+    if cell.kernel == "pinv":
+        return float(cell.d)
+    if cell.kernel != "attention":
+        return math.nan
+    if cell.separation == "softmax":
+        return softmax_capacity_scale(cell.d, cell.beta, cell.similarity, cell.patterns)
+    if cell.separation == "polynomial":
+        return float(cell.d) ** (cell.degree - 1)
+    if cell.separation == "max" and cell.similarity in ("cosine", "euclidean", "manhattan"):
+        return math.inf
+    return math.nan
