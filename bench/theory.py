@@ -114,7 +114,8 @@ def baseline_dist(dv: int, patterns: str = "gaussian") -> float:
 # The law of large numbers behind it needs n - 1 >> exp(beta^2 sigma^2) (a log-normal sum
 # concentrates slowly); below that a few keys dominate and the formula is only indicative.
 
-# (mu, sigma^2) of the scores, per (similarity, patterns), for dimension d.
+# (mu, sigma^2) of the scores, per (similarity, patterns), for dimension d: the self score and
+# the variance of the others' (Gaussian approximation, used for the weight and the capacity scale).
 _SCORE_MOMENTS = {
     ("dot", "sphere"): lambda d: (1.0, 1.0 / d),
     ("scaled_dot", "sphere"): lambda d: (d**-0.5, 1.0 / d**2),
@@ -128,8 +129,8 @@ for _p in ("sphere", "gaussian", "binary"):
 
 
 def softmax_weight(d: int, n: int, beta: float, similarity: str = "dot", patterns: str = "sphere") -> float:
-    """Mean-field softmax weight on the right key when the query is that stored key (NaN
-    where the score moments are not known)."""
+    """Mean-field softmax weight on the right key when the query is that stored key, in the
+    Gaussian approximation of the other scores (NaN where the score moments are not known)."""
     moments = _SCORE_MOMENTS.get((similarity, patterns))
     if moments is None:
         return math.nan
@@ -139,35 +140,66 @@ def softmax_weight(d: int, n: int, beta: float, similarity: str = "dot", pattern
     return 1.0 / (1.0 + math.exp(min(log_rest, 700.0)))
 
 
+def _log_mgf_cosine(d: int, t: float) -> float:
+    """log E exp(t c) for c the cosine of two independent uniform directions in R^d (density
+    ~ (1 - c^2)^((d - 3) / 2)), by quadrature in the angle."""
+    if d == 1:
+        return math.log(math.cosh(t))
+    theta = (np.arange(_QUADRATURE_POINTS) + 0.5) * math.pi / _QUADRATURE_POINTS
+    log_w = (d - 2) * np.log(np.sin(theta))
+    x = t * np.cos(theta) + log_w
+    top = x.max()
+    return float(top + np.log(np.sum(np.exp(x - top))) - (log_w.max() + np.log(np.sum(np.exp(log_w - log_w.max())))))
+
+
+def _self_and_log_mgf(similarity: str, patterns: str, d: int, r):
+    """(self score, log E exp(t s) of another key's score as a function of t), given the
+    query's squared norm over d, r (1 except for Gaussian keys). Exact for each law: a
+    Gaussian given the query for Gaussian keys, cosh^d for +-1 keys, the cosine law on the
+    sphere."""
+    if similarity == "cosine" or (patterns == "sphere" and similarity == "dot"):
+        return 1.0, lambda t: _log_mgf_cosine(d, t)
+    if patterns == "sphere" and similarity == "scaled_dot":
+        return d**-0.5, lambda t: _log_mgf_cosine(d, t * d**-0.5)
+    scale = 1.0 if similarity == "dot" else d**-0.5
+    if patterns == "gaussian":
+        return d * r * scale, lambda t: (t * scale) ** 2 * d * r / 2
+    if patterns == "binary":
+        return d * scale, lambda t: d * math.log(math.cosh(t * scale))
+    raise ValueError(f"no score law for {similarity!r} over {patterns!r}")
+
+
 def softmax_cos(d: int, n: int, beta: float, similarity: str = "dot", patterns: str = "sphere") -> float:
-    """Mean-field cosine between the softmax recall of a stored key and its value,
-    1 / sqrt(1 + (n - 1) exp(2 beta^2 sigma^2 - 2 beta mu)) (p and Z cancel), averaged over the
-    query's squared norm r ~ chi^2_d for Gaussian keys (mu and sigma^2 scale with r / d).
-    NaN where the mean field does not hold: the sum of the n - 1 squared weights concentrates
-    only when n - 1 >= exp(4 beta^2 sigma^2)."""
-    moments = _SCORE_MOMENTS.get((similarity, patterns))
-    if moments is None:
+    """Mean-field cosine between the softmax recall of a stored key and its value.
+
+    With independent values of equal norm, p and Z cancel:
+    cos = 1 / sqrt(1 + (n - 1) E[exp(2 beta s)] / exp(2 beta mu)), s another key's score, mu
+    the self score; averaged over the query's norm r ~ chi^2_d / d for Gaussian keys. NaN where
+    the mean field does not hold: the sum of the n - 1 terms exp(2 beta s_j) concentrates only
+    when n - 1 >= E[exp(4 beta s)] / E[exp(2 beta s)]^2 (its relative spread is then <= 1)."""
+    if (similarity, patterns) not in _SCORE_MOMENTS:
         return math.nan
     if n == 1:
         return 1.0
-    mu, var = moments(d)
-    if math.log(n - 1) < 4 * beta**2 * var:
+    gaussian_norm = patterns == "gaussian" and similarity != "cosine"
+    nodes, weights = _chi2_over_d(d) if gaussian_norm else (np.ones(1), np.ones(1))
+    _, log_mgf = _self_and_log_mgf(similarity, patterns, d, 1.0)
+    if math.log(n - 1) < log_mgf(4 * beta) - 2 * log_mgf(2 * beta):
         return math.nan
-    if patterns == "gaussian" and similarity != "cosine":
-        # r = |k|^2 / d: the self score is mu r; the others' variance var r (the query's norm).
-        r, w = _chi2_over_d(d)
-        log_sq = math.log(n - 1) + 2 * beta**2 * var * r - 2 * beta * mu * r
-        return float(np.sum(w / np.sqrt(1.0 + np.exp(np.minimum(log_sq, 700.0)))))
-    log_sq = math.log(n - 1) + 2 * beta**2 * var - 2 * beta * mu
-    return 0.0 if log_sq > 700 else 1.0 / math.sqrt(1.0 + math.exp(log_sq))
+    total = 0.0
+    for r, w in zip(nodes, weights):
+        mu, log_mgf = _self_and_log_mgf(similarity, patterns, d, r)
+        log_sq = math.log(n - 1) + log_mgf(2 * beta) - 2 * beta * mu
+        total += w / math.sqrt(1.0 + math.exp(min(log_sq, 700.0)))
+    return float(total)
 
 
-def _chi2_over_d(d: int) -> tuple[np.ndarray, np.ndarray]:
+def _chi2_over_d(d: int, points: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Nodes r and weights (summing to 1) of chi^2_d / d, on a grid that covers +-12 sd."""
     sd = math.sqrt(2.0 / d)
-    r = np.linspace(max(1e-9, 1 - 12 * sd), 1 + 12 * sd, _QUADRATURE_POINTS)
+    r = np.linspace(max(1e-9, 1 - 12 * sd), 1 + 12 * sd, points)
     x = r * d
-    log_density = (d / 2 - 1) * np.log(x) - x / 2 - (d / 2) * math.log(2) - math.lgamma(d / 2)
+    log_density = (d / 2 - 1) * np.log(x) - x / 2
     w = np.exp(log_density - log_density.max())
     return r, w / w.sum()
 
