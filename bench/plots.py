@@ -135,13 +135,14 @@ def draw_all(run_dir: Path) -> list[Path]:
 
 
 def _side_by_side_d(summary: pd.DataFrame) -> int | None:
-    """The d at which matrix and attention memories are compared: the middle of the d both ran
-    (noise-free Gaussian cells), or None when only one family ran."""
+    """The d at which matrix and attention memories are compared: the smallest d both ran
+    (noise-free Gaussian cells; there attention also degrades within the grid), or None when
+    only one family ran."""
     clean = summary[(summary["noise"] == 0) & (summary["patterns"] == "gaussian")]
     attention = set(clean.loc[clean["kernel"] == "attention", "d"])
     matrix = set(clean.loc[clean["kernel"] != "attention", "d"])
     common = sorted(attention & matrix)
-    return int(common[(len(common) - 1) // 2]) if common else None
+    return int(common[0]) if common else None
 
 
 def _memories_figure(group: pd.DataFrame, d: int) -> Figure:

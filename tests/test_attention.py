@@ -77,3 +77,48 @@ def test_bad_settings(kwargs, message):
     Q, K, V = np.ones((2, 4), np.float32), np.ones((5, 4), np.float32), np.ones((5, 2), np.float32)
     with pytest.raises(ValueError, match=message):
         recall(Q, K, V, **kwargs)
+
+
+@pytest.mark.parametrize("sep", SEPARATIONS)
+@pytest.mark.parametrize("sim", ["dot", "euclidean"])
+def test_blockwise_equals_unblocked_for_any_block_sizes(sim, sep):
+    rng = np.random.default_rng(3)
+    Q, K, V = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 8), (101, 8), (101, 4)))
+    kw = dict(similarity=sim, separation=sep, beta=1.5, k=5)
+    whole = np.asarray(recall(Q, K, V, block_size=101, query_block=37, **kw))
+    for block, qblock in [(1, 1), (10, 7), (33, 37), (64, 16), (101, 5), (500, 1000)]:
+        np.testing.assert_allclose(recall(Q, K, V, block_size=block, query_block=qblock, **kw), whole,
+                                   rtol=2e-6, atol=2e-6 * np.abs(whole).max())
+
+
+def test_ties_go_to_the_earlier_key_in_every_block_layout():
+    K = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # each key three times
+    V = np.arange(12, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    for block in (1, 2, 5, 12):
+        got = np.asarray(recall(np.eye(4, dtype=np.float32), K, V, separation="max", block_size=block))
+        np.testing.assert_array_equal(got[:, 0], [0, 3, 6, 9])
+
+
+MEMORY = """
+import numpy as np, jax.numpy as jnp
+from kernels.attention import recall
+rng = np.random.default_rng(0)
+K = jnp.asarray(rng.standard_normal((2**18, 64), np.float32))
+V = jnp.asarray(rng.standard_normal((2**18, 64), np.float32))
+out = recall(K[:4096], K, V, separation="{sep}", similarity="{sim}", k=8).block_until_ready()
+assert out.shape == (4096, 64)
+print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]))
+"""
+
+
+@pytest.mark.parametrize("sim,sep", [("scaled_dot", "softmax"), ("euclidean", "topk")])
+def test_d64_n2e18_4096_queries_run_in_under_1_gib(sim, sep):
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO, run_env
+
+    done = subprocess.run([PYTHON, "-c", MEMORY.format(sim=sim, sep=sep)], capture_output=True, text=True,
+                          env=run_env(), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    peak_gib = int(done.stdout.split()[-1]) / 2**20
+    assert peak_gib < 1.0, peak_gib

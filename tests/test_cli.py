@@ -53,6 +53,22 @@ BAD = [
     (["--dtype", "float16"], "invalid choice"),
     (["--preset", "huge"], "invalid choice"),
     (["--bogus-flag"], "unrecognized arguments"),
+    (["--kernels", "attention", "--similarity", "l3"], "similarity: unknown similarity 'l3'"),
+    (["--kernels", "attention", "--separation", "sparsemax"], "separation: unknown separation 'sparsemax'"),
+    (["--kernels", "attention", "--beta", "0"], "beta: 0.0 is not allowed"),
+    (["--kernels", "attention", "--beta", "-2"], "beta: -2.0 is not allowed"),
+    (["--kernels", "attention", "--topk", "0"], "topk: 0 is not a positive integer"),
+    (["--kernels", "attention", "--heads", "3"], "heads: 3 does not divide d = 64"),
+    (["--kernels", "attention", "--mask", "1"], "mask: 1.0 is not allowed"),
+    (["--kernels", "attention", "--mask", "-0.1"], "mask: -0.1 is not allowed"),
+    (["--kernels", "attention", "--steps", "0"], "steps: 0 is not a positive integer"),
+    (["--kernels", "attention", "--steps", "2", "--dv", "8"], "needs dv == d"),
+    (["--kernels", "pinv", "--beta", "2"], "--beta applies to attention memories; add attention to --kernels"),
+    (["--capacity", "--n", "4"], "--n has no effect with --capacity"),
+    (["--max-n", "100"], "add --capacity"),
+    (["--capacity", "--threshold", "1.5"], "threshold: 1.5"),
+    (["--capacity", "--max-n", "0"], "max_n: 0 is not a positive integer"),
+    (["--capacity", "--patterns", "glove", "--d", "32", "--max-n", "2^17"], "max_n: 131072 pairs need"),
 ]
 
 
@@ -244,3 +260,27 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     assert len(list(tmp_path.glob("*/parts/*.parquet"))) >= 2
+
+
+def test_attention_run_end_to_end(tmp_path):
+    """Matrix and attention memories in one run: rows, the per-setting and side-by-side figures,
+    the report's theory note; the top-k cells below k are skipped, not failed."""
+    out = tmp_path / "out"
+    code = cli.main(["--kernels", "hebbian,attention", "--similarity", "scaled_dot,euclidean", "--separation",
+                     "softmax,topk", "--topk", "8", "--d", "8,16", "--n", "4,64,512", "--seeds", "2",
+                     "--mask", "0,0.25", "--progress", "off", "--no-hallucination", "--out", str(out)])
+    assert code == 0
+    run_dir = next(out.iterdir())
+    df = pd.read_parquet(run_dir / store.RESULTS)
+    attention = df[df["kernel"] == "attention"]
+    assert len(attention) == 2 * 2 * 2 * 3 * 2 * 2  # similarity x separation x mask x n x d x seeds
+    assert set(attention.loc[attention["status"] == "skipped", "n"]) == {4}
+    assert (df.loc[df["status"] != "skipped", "status"] == "ok").all()
+    masked = attention[(attention["mask"] == 0.25) & (attention["n"] == 512)].groupby("d")["cos_mean"].mean()
+    clean = attention[(attention["mask"] == 0) & (attention["n"] == 512)].groupby("d")["cos_mean"].mean()
+    assert (masked < clean).all()  # zeroing a quarter of the query costs recall
+    figures = {p.name for p in (run_dir / "figures").glob("*.png")}
+    assert "matrix_vs_attention_d=8.png" in figures
+    assert "attention_scaled_dot_topk_beta=1_topk=8_noise=0_mask=0.25.png" in figures
+    md = (run_dir / "report.md").read_text()
+    assert "Softmax attention uses a mean-field weight" in md and "attention" in md

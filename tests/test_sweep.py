@@ -87,3 +87,34 @@ def test_glove_spec_limits():
         SweepSpec(d=(16,), n=(4, 2**16), patterns=("glove",))
     with pytest.raises(SpecError, match="unknown distribution 'word2vec'"):
         SweepSpec(patterns=("word2vec",))
+
+
+def test_attention_grid_skips_topk_above_n_records_overflow_and_compiles_once_per_family(tmp_path):
+    spec = SweepSpec(kernels=("attention",), d=(16,), n=(2, 8, 64), seeds=2, similarity=("dot",),
+                     separation=("topk", "polynomial", "softmax"), topk=(4,), degree=(3.0, 40.0), beta=(1.0, 4.0))
+    df, manifest = _run(spec, tmp_path)
+    assert len(df) == (2 + 2 + 2) * 3 * 2  # (topk x beta, polynomial x degree, softmax x beta) x n x seeds
+    skipped = df[df["status"] == "skipped"]
+    assert set(skipped["n"]) == {2} and (skipped["separation"] == "topk").all()
+    assert skipped["error"].str.contains("topk = 4 is more than n = 2").all()
+    overflow = df[(df["separation"] == "polynomial") & (df["degree"] == 40.0)]
+    assert (overflow["status"] == "nan").all() and overflow["error"].str.contains("non-finite").all()
+    assert (df[(df["status"] != "skipped") & (df["degree"] != 40.0)]["status"] == "ok").all()
+    poly, soft = df[df["separation"] == "polynomial"], df[df["separation"] == "softmax"]
+    assert poly["beta"].isna().all() and poly["topk"].isna().all() and set(poly["degree"]) == {3.0, 40.0}
+    assert soft["degree"].isna().all() and set(soft["beta"]) == {1.0, 4.0}
+    assert set(df["method"].dropna()) == {"online", "running-top-k"}
+    assert (df.loc[df["status"] == "ok", "acc_queries"] == df.loc[df["status"] == "ok", "n"]).all()
+    # One family per (similarity, separation, k, heads, steps, d): beta, degree and n are traced.
+    assert manifest["compiled_programs"] == 3
+
+
+def test_attention_rows_carry_theory_where_it_holds(tmp_path):
+    spec = SweepSpec(kernels=("attention",), d=(32,), n=(4, 2048), seeds=1, similarity=("scaled_dot", "dot"),
+                     separation=("softmax", "identity"), patterns=("gaussian",))
+    df, _ = _run(spec, tmp_path)
+    theory = df.set_index(["similarity", "separation", "n"])["theory_cos"]
+    assert math.isnan(theory[("scaled_dot", "softmax", 4)])  # too few keys for the mean field
+    assert abs(theory[("scaled_dot", "softmax", 2048)] - df.set_index(["similarity", "separation", "n"]).loc[
+        ("scaled_dot", "softmax", 2048), "cos_mean"]) < 0.03
+    assert theory[("dot", "identity", 2048)] == 1 / math.sqrt(1 + 2047 / 32)  # the Hebbian memory
