@@ -122,3 +122,27 @@ def test_d64_n2e18_4096_queries_run_in_under_1_gib(sim, sep):
     assert done.returncode == 0, done.stderr
     peak_gib = int(done.stdout.split()[-1]) / 2**20
     assert peak_gib < 1.0, peak_gib
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize("sim", ["dot", "scaled_dot", "cosine"])
+def test_softmax_at_moderate_beta_is_within_1e_5_relative_in_float32(sim, beta):
+    rng = np.random.default_rng(4)
+    Q, K, V = (rng.standard_normal(shape).astype(np.float32) for shape in ((50, 16), (300, 16), (300, 8)))
+    if sim == "dot":
+        Q, K = Q / 4, K / 4  # dot scores of O(1), as "moderate beta" means for the raw dot product
+    got = np.asarray(recall(Q, K, V, similarity=sim, beta=beta, block_size=64, query_block=16), np.float64)
+    ref = _reference(Q, K, V, sim, "softmax", beta, 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_recall_is_vmappable_over_trials():
+    import jax
+
+    rng = np.random.default_rng(5)
+    Q, K, V = (rng.standard_normal(shape).astype(np.float32) for shape in ((3, 7, 8), (3, 40, 8), (3, 40, 4)))
+    for sep in ("softmax", "topk"):
+        batched = jax.vmap(lambda q, k, v, sep=sep: recall(q, k, v, separation=sep, k=3, block_size=16))(Q, K, V)
+        for t in range(3):
+            np.testing.assert_allclose(batched[t], recall(Q[t], K[t], V[t], separation=sep, k=3, block_size=16),
+                                       rtol=1e-6, atol=1e-6)
