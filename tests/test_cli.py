@@ -186,7 +186,9 @@ def test_resume_with_a_contradicting_flag_is_refused(tiny_run, capsys):
 
 
 def test_one_device_and_four_devices_give_the_same_rows(tmp_path, tiny_run):
-    argv = ["--kernels", "pinv,hebbian", "--d", "8,16", "--n", "4,8,32", "--seeds", "3", "--no-report", "--progress", "off"]
+    argv = ["--kernels", "pinv,hebbian,attention", "--similarity", "dot", "--separation", "softmax,topk", "--topk", "4",
+            "--d", "8,16", "--n", "4,8,32", "--seeds", "3", "--mask", "0.25", "--no-report",
+            "--progress", "off"]
     one = _run(argv, tmp_path / "one")
     four = _run(argv, tmp_path / "four", XLA_FLAGS="--xla_force_host_platform_device_count=4")
     assert one.returncode == 0 and four.returncode == 0, (one.stderr, four.stderr)
@@ -195,7 +197,8 @@ def test_one_device_and_four_devices_give_the_same_rows(tmp_path, tiny_run):
     assert json.loads((dir_four / "manifest.json").read_text())["device_count"] == 4
     assert json.loads((dir_one / "manifest.json").read_text())["device_count"] == 1
     rows_one, rows_four = _rows(dir_one), _rows(dir_four)
-    assert len(rows_one) == 2 * 2 * 3 * 3
+    assert len(rows_one) == 2 * (2 * 2 * 3 * 3)  # (matrix kernels and separations) x d x n x seeds
+    assert (rows_one.loc[rows_one["kernel"] == "attention", "status"] != "error").all()
     _assert_same_rows(rows_one, rows_four)
 
 
