@@ -124,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(f"--max-n: give one number, got {len(overrides['max_n'])}")
         overrides["max_n"] = overrides["max_n"][0]
     try:
-        _check_flag_combinations(args, overrides)
         if args.resume is not None:
             return _resume(args, overrides)
         spec = SweepSpec.from_preset(args.preset or "default", **overrides)
+        _check_flag_combinations(spec, overrides)
         from bench import store
 
         store.check_writable(args.out)
@@ -136,13 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _start(spec, args)
 
 
-def _check_flag_combinations(args, overrides: dict[str, Any]) -> None:
+def _check_flag_combinations(spec: SweepSpec, overrides: dict[str, Any]) -> None:
     """Flags that would be silently ignored are errors."""
-    if args.resume is not None:
-        return
-    kernels = overrides.get("kernels") or SweepSpec.from_preset(args.preset or "default").kernels
     given = [f for f in ATTENTION_FLAGS if f in overrides]
-    if given and "attention" not in kernels:
+    if given and "attention" not in spec.kernels:
         raise SpecError(f"--{given[0]} applies to attention memories; add attention to --kernels")
     if overrides.get("capacity") and "n" in overrides:
         raise SpecError("--n has no effect with --capacity (the search chooses n); drop it and set the cap "
