@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_list, help="numbers of stored pairs, e.g. 2^2..2^15")
     p.add_argument("--dv", type=int, help="value dimension (default: equal to d)")
     p.add_argument("--noise", type=_csv(float), help="relative query noise levels, e.g. 0,0.1")
+    p.add_argument("--mask", type=_csv(float),
+                   help="fractions of each query's coordinates zeroed, in [0, 1), e.g. 0,0.25 (default 0)")
     p.add_argument("--seeds", type=int, help="seeds per cell (batched with vmap, sharded over devices)")
     p.add_argument("--dtype", choices=("float32", "float64"), help="array dtype (default float32)")
     p.add_argument("--patterns", type=_csv(str),
@@ -86,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--heads", type=_int_list, help="attention heads, each dividing d (default 1)")
     a.add_argument("--steps", type=_int_list,
                    help="updates per recall (default 1; > 1 iterates auto-association: the values are the keys)")
-    a.add_argument("--mask", type=_csv(float), help="fractions of query coordinates zeroed, in [0, 1) (default 0)")
     p.add_argument("--queries", "--acc-queries", type=int, dest="acc_queries",
                    help="stored keys queried per cell (attention: every metric; matrix memories: the "
                         "nearest-neighbour accuracy; default 1024, all when n is smaller)")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 SPEC_FLAGS = ("kernels", "d", "n", "dv", "noise", "seeds", "dtype", "patterns", "lam", "eta", "passes",
               "similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask", "acc_queries", "method",
               "capacity", "threshold", "max_n")
-ATTENTION_FLAGS = ("similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask")
+ATTENTION_FLAGS = ("similarity", "separation", "beta", "topk", "degree", "heads", "steps")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

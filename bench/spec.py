@@ -23,7 +23,7 @@ DTYPES = ("float32", "float64")
 METHODS = ("auto", "gram64", "qr32")
 # Knobs of each memory: the spec field that sweeps it. Other knobs are not columns of its rows.
 KNOBS = {"pinv": (), "hebbian": (), "ridge": ("lam",), "delta": ("eta", "passes"),
-         "attention": ("similarity", "separation", "beta", "topk", "degree", "heads", "steps", "mask")}
+         "attention": ("similarity", "separation", "beta", "topk", "degree", "heads", "steps")}
 # Attention knobs that only some separations read (the others get None in their rows).
 SEPARATION_KNOBS = {"beta": ("softmax", "topk"), "topk": ("topk",), "degree": ("polynomial",)}
 # Axes of the spec that are tuples (sweep axes).
@@ -63,7 +63,7 @@ class SweepSpec:
     lam: ridge lambdas. eta: delta-rule steps in units of 1/||k||^2. passes: delta-rule
     epochs. Attention: similarity x separation, beta (inverse temperature of softmax and
     topk), topk (k of topk), degree (of polynomial), heads, steps (> 1: auto-association, the
-    values are the keys), mask (fraction of query coordinates zeroed). acc_queries: how many
+    values are the keys). mask: fractions of query coordinates zeroed (every memory). acc_queries: how many
     stored keys are queried (attention: every metric is over them; matrix memories: the
     nearest-neighbour accuracy). method: least-squares method for pinv and ridge.
     capacity: instead of the n grid, search each (setting, d) for the largest n whose mean
@@ -202,7 +202,7 @@ class SweepSpec:
                 for d in self.d:
                     for knobs in self._knob_grid(kernel):
                         for noise in self.noise:
-                            for mask in (self.mask if kernel == "attention" else (None,)):
+                            for mask in self.mask:
                                 steps = knobs.get("steps", 1)
                                 dv = d if steps > 1 else (self.dv or d)
                                 out.append(Cell(kernel=kernel, d=d, n=0, dv=dv, noise=noise, patterns=patterns,
@@ -216,8 +216,6 @@ class SweepSpec:
     def _knob_grid(self, kernel: str) -> list[dict[str, Any]]:
         grid: list[dict[str, Any]] = [dict()]
         for knob in KNOBS[kernel]:
-            if knob == "mask":  # a corruption, iterated beside noise
-                continue
             expanded = []
             for g in grid:
                 applies = knob not in SEPARATION_KNOBS or g["separation"] in SEPARATION_KNOBS[knob]
@@ -261,7 +259,7 @@ class Cell:
         parts = [self.kernel]
         for knob in KNOBS[self.kernel]:
             value = getattr(self, knob)
-            if value is None or knob == "mask":
+            if value is None:
                 continue
             if knob in ("similarity", "separation"):
                 parts.append(str(value))

@@ -69,7 +69,7 @@ def cell_shape(cell: Cell, spec: SweepSpec) -> Shape:
             k=cell.topk or 1, heads=cell.heads, steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask))
     return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=dist, dtype=cell.dtype,
                              chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method,
-                             noisy=cell.noise > 0)
+                             noisy=cell.noise > 0, masked=bool(cell.mask))
 
 
 @lru_cache(maxsize=1)
@@ -202,7 +202,8 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
             args = kernels.attention_args(shape, cell.n, cell.noise, cell.beta or 1.0, cell.degree or 3.0,
                                           cell.mask or 0.0)
         else:
-            args = kernels.cell_args(shape, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1)
+            args = kernels.cell_args(shape, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1,
+                                     cell.mask or 0.0)
         if shape.dist == kernels.TABLE:
             args = (*args, glove_table(programs.mesh))
         compiled, compile_s = programs.get(shape, (seed_array, *args))

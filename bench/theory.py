@@ -219,7 +219,7 @@ def softmax_capacity_scale(d: int, beta: float, similarity: str = "dot", pattern
 def cell_cos(cell) -> float:
     """Theory cosine of a spec cell (bench.spec.Cell), NaN where none is known."""
     if cell.kernel != "attention":
-        return theory_cos(cell.kernel, cell.d, cell.n, cell.noise, cell.lam, cell.patterns)
+        return math.nan if cell.mask else theory_cos(cell.kernel, cell.d, cell.n, cell.noise, cell.lam, cell.patterns)
     if cell.patterns == "glove" or cell.mask or cell.heads != 1 or cell.steps != 1:
         return math.nan
     if cell.separation == "identity" and cell.similarity in ("dot", "scaled_dot"):

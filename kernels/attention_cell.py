@@ -69,14 +69,6 @@ def run_attention_cell(shape: AttentionShape, seeds, n, noise, knobs: AttentionK
     return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, knobs, table))(seeds)
 
 
-def _corrupt_mask(key, index, shape: AttentionShape, fraction, dtype):
-    """(chunk, d) 0/1 mask that zeroes round(fraction * d) random coordinates of each row."""
-    z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), 2), (shape.chunk, shape.d), dtype)
-    rank = jnp.argsort(jnp.argsort(z, axis=1), axis=1)
-    zeroed = jnp.round(fraction * shape.d).astype(rank.dtype)
-    return (rank >= zeroed).astype(dtype)
-
-
 def _run_seed(shape: AttentionShape, seed, n, noise, knobs: AttentionKnobs, table) -> CellMetrics:
     dtype = jnp.dtype(shape.dtype)
     acc_dtype = matrix.accumulate_dtype(dtype)
@@ -109,7 +101,7 @@ def _run_seed(shape: AttentionShape, seed, n, noise, knobs: AttentionKnobs, tabl
         valid = ~is_base & (t * chunk + jnp.arange(chunk) < n)
         queries = keys + noise_std * eps
         if shape.masked:
-            queries = queries * _corrupt_mask(key, index, shape, knobs.mask, dtype)
+            queries = queries * patterns.query_mask(key, index, knobs.mask, chunk=chunk, d=shape.d, dtype=dtype)
         queries = jnp.where(valid[:, None], queries, 0)
         at = jnp.minimum(t, lead_max - 1) * chunk
         qbuf = jnp.where(is_base, qbuf, lax.dynamic_update_slice_in_dim(qbuf, queries, at, 0))

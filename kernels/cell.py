@@ -22,7 +22,7 @@ class CellShape(NamedTuple):
 
     sample: the most queries scored for nearest-neighbour accuracy (the first
     min(n, sample) pairs: pairs are i.i.d., so they are a uniform random sample).
-    noisy: whether queries get noise (the noise level itself is traced).
+    noisy / masked: whether queries get noise / zeroed coordinates (the amounts are traced).
     fallback: include the eigenvalue pseudoinverse for rank-deficient keys. It costs compile
     time, so a sweep compiles it only for a cell whose ``solved`` came back False."""
 
@@ -35,6 +35,7 @@ class CellShape(NamedTuple):
     sample: int = 1024
     method: str = "gram64"
     noisy: bool = False
+    masked: bool = False
     fallback: bool = False
 
 
@@ -75,9 +76,10 @@ class _Stats(NamedTuple):
 TABLE = "table"  # CellShape.dist for pairs drawn from a table of real vectors (e.g. word embeddings)
 
 
-def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params, table=None) -> CellMetrics:
+def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params, mask=0.0, table=None) -> CellMetrics:
     """seeds: (S,) int32; n: int scalar; noise: relative query noise (std of the added
-    Gaussian in units of a key coordinate's rms); params: traced knobs. Pure and jittable.
+    Gaussian in units of a key coordinate's rms); params: traced knobs; mask: fraction of each
+    query's coordinates zeroed (after the noise; read when shape.masked). Pure and jittable.
 
     Two loops per seed, each with one random-number call site: the write, then the recall of
     the accuracy sample (the first min(n, sample) pairs), of every chunk, and of the
@@ -90,7 +92,7 @@ def run_cell(shape: CellShape, seeds, n, noise, params: matrix.Params, table=Non
         raise ValueError(f"chunk must be even, got {shape.chunk}")
     if (shape.dist == TABLE) != (table is not None):
         raise ValueError(f"dist {shape.dist!r} and table: pass a table exactly when dist is {TABLE!r}")
-    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, params, table))(seeds)
+    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, params, mask, table))(seeds)
 
 
 def _table_draw(shape: CellShape, key, table, dtype):
@@ -140,12 +142,12 @@ def pair_source(shape, seed, table=None):
     return key, draw, patterns.entry_scale(shape.dist, shape.d)
 
 
-def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
+def _run_seed(shape: CellShape, seed, n, noise, params, mask, table) -> CellMetrics:
     dtype = jnp.dtype(shape.dtype)
     acc = matrix.accumulate_dtype(dtype)
     n = jnp.asarray(n, jnp.int32)
     chunk, sample, dv = shape.chunk, shape.sample, shape.dv
-    _, draw, scale = pair_source(shape, seed, table)
+    key, draw, scale = pair_source(shape, seed, table)
     noise_std = jnp.asarray(noise, dtype) * scale
     precise = matrix.is_precise(shape.rule, n, shape.d)
 
@@ -185,6 +187,9 @@ def _run_seed(shape: CellShape, seed, n, noise, params, table) -> CellMetrics:
         valid = (phase == 2) | (jnp.where(phase == 2, 0, j) * chunk + jnp.arange(chunk) < n)
         keys, values, eps = (jnp.where(valid[:, None], x, 0) for x in (keys, values, eps))
         queries = keys + noise_std * eps
+        if shape.masked:
+            queries = queries * patterns.query_mask(key, index, jnp.asarray(mask, dtype), chunk=chunk, d=shape.d,
+                                                    dtype=dtype)
 
         def sample_step():
             R = queries @ W_low
@@ -276,9 +281,10 @@ def flops(rule: str, n: int, d: int, dv: int, sample: int, passes: int = 1) -> f
     return float(write + 2 * n * d * dv + 2 * min(n, sample) * n * dv)
 
 
-def cell_args(shape: CellShape, n, noise, lam=0.0, eta=1.0, passes=1):
+def cell_args(shape: CellShape, n, noise, lam=0.0, eta=1.0, passes=1, mask=0.0):
     """The dynamic arguments of run_cell with the dtypes its compiled program expects, so the
     same program serves every cell of a family (a Python int would compile as int64 under x64)."""
     dtype = jnp.dtype(shape.dtype)
     return (jnp.asarray(n, jnp.int32), jnp.asarray(noise, dtype),
-            matrix.Params(jnp.asarray(lam, dtype), jnp.asarray(eta, dtype), jnp.asarray(passes, jnp.int32)))
+            matrix.Params(jnp.asarray(lam, dtype), jnp.asarray(eta, dtype), jnp.asarray(passes, jnp.int32)),
+            jnp.asarray(mask, dtype))

@@ -78,6 +78,15 @@ def draw_chunk(key, index, *, chunk: int, d: int, dv: int, dist: str, dtype, noi
     return shape_patterns(x[:, :d], dist), shape_patterns(x[:, d:d + dv], dist), noise
 
 
+def query_mask(key, index, fraction, *, chunk: int, d: int, dtype):
+    """(chunk, d) 0/1 mask of chunk ``index`` of stream ``key`` that zeroes round(fraction * d)
+    random coordinates of each row (exactly that many; fraction is traced). Its own draw, so
+    the pairs and the noise do not depend on the mask."""
+    z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), 2), (chunk, d), dtype)
+    rank = jnp.argsort(jnp.argsort(z, axis=1), axis=1)
+    return (rank >= jnp.round(fraction * d).astype(rank.dtype)).astype(dtype)
+
+
 def chunk_of_pairs(key, index, n, *, chunk: int, d: int, dv: int, dist: str, dtype, noisy: bool = False) -> Chunk:
     """Chunk number ``index`` (traced) of the stream ``key``, rows >= n zeroed."""
     keys, values, noise = draw_chunk(key, index, chunk=chunk, d=d, dv=dv, dist=dist, dtype=dtype, noisy=noisy)

@@ -42,6 +42,14 @@ def materialize(seed: int, n: int, shape: kernels.CellShape):
     return cat("keys"), cat("values"), cat("noise")
 
 
+def materialize_mask(seed: int, n: int, shape, fraction: float):
+    """The 0/1 query masks a cell applies (patterns.query_mask of every chunk), float64."""
+    key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
+    masks = [patterns.query_mask(key, jnp.int32(j), jnp.asarray(fraction, jnp.dtype(shape.dtype)), chunk=shape.chunk,
+                                 d=shape.d, dtype=jnp.dtype(shape.dtype)) for j in range(-(-n // shape.chunk))]
+    return np.concatenate([np.asarray(m, np.float64) for m in masks])[:n]
+
+
 def reference_write(rule: str, K, V, lam=1.0, eta=1.0, passes=1):
     """float64 NumPy: the textbook form of every write rule."""
     if rule == "pinv":
@@ -61,9 +69,9 @@ def reference_write(rule: str, K, V, lam=1.0, eta=1.0, passes=1):
     raise ValueError(rule)
 
 
-def reference_metrics(K, V, E, W, noise_std, sample):
+def reference_metrics(K, V, E, W, noise_std, sample, mask=None):
     """cos mean/std, mean distance and nearest-neighbour accuracy, in float64."""
-    R = (K + noise_std * E) @ W
+    R = ((K + noise_std * E) * (1.0 if mask is None else mask)) @ W
     rn, vn = np.linalg.norm(R, axis=1), np.linalg.norm(V, axis=1)
     cos = np.sum(R * V, axis=1) / np.where(rn * vn > 0, rn * vn, 1.0)
     dist = np.linalg.norm(R - V, axis=1)

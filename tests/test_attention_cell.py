@@ -13,7 +13,7 @@ import pytest
 
 import kernels
 from bench import theory
-from kernels.attention_cell import _corrupt_mask
+from kernels.patterns import query_mask
 from tests.conftest import materialize
 from tests.test_attention import _reference
 
@@ -99,7 +99,8 @@ def test_max_with_euclidean_recalls_every_stored_value_exactly():
 def test_mask_zeroes_the_exact_fraction_of_coordinates():
     shape = _shape(masked=True)
     for fraction in (0.0, 0.25, 0.5, 0.9):
-        mask = np.asarray(_corrupt_mask(jax.random.key(0), 3, shape, jnp.float32(fraction), jnp.float32))
+        mask = np.asarray(query_mask(jax.random.key(0), 3, jnp.float32(fraction), chunk=shape.chunk, d=shape.d,
+                                     dtype=jnp.float32))
         assert set(np.unique(mask)) <= {0.0, 1.0}
         np.testing.assert_array_equal((mask == 0).sum(axis=1), round(fraction * shape.d))
     # The zeroed coordinates differ between rows (not one fixed set).

@@ -11,7 +11,7 @@ import pytest
 
 import kernels
 from bench import theory
-from tests.conftest import TOLERANCE, materialize, reference_metrics, reference_write
+from tests.conftest import TOLERANCE, materialize, materialize_mask, reference_metrics, reference_write
 
 
 def _cell(rule, d, n, noise=0.0, seeds=2, dist="gaussian", dtype="float32", lam=1.0, eta=1.0, passes=1, chunk=None,
@@ -50,6 +50,23 @@ def test_cell_metrics_match_float64_numpy_on_the_same_pairs(rule, d, n, noise):
         assert got["acc"][s] == pytest.approx(ref["acc"], abs=1.5 / 50)
         assert got["acc_queries"][s] == min(n, 50)
         assert got["solved"][s]
+
+
+@pytest.mark.parametrize("rule,n,mask", [("pinv", 20, 0.25), ("hebbian", 100, 0.5), ("ridge", 300, 0.1)])
+def test_masked_queries_match_numpy(rule, n, mask):
+    d = 32
+    shape = kernels.CellShape(rule, d, d, "gaussian", chunk=64, sample=50, noisy=True, masked=True)
+    out = kernels.run_cell(shape, jax.numpy.arange(2, dtype=jax.numpy.int32),
+                           *kernels.cell_args(shape, n, 0.1, 1.0, mask=mask))
+    for s in range(2):
+        K, V, E = materialize(s, n, shape)
+        M = materialize_mask(s, n, shape, mask)
+        np.testing.assert_array_equal((M == 0).sum(axis=1), round(mask * d))
+        ref = reference_metrics(K, V, E, reference_write(rule, K, V), 0.1, sample=50, mask=M)
+        assert abs(float(out.cos_mean[s]) - ref["cos_mean"]) <= TOLERANCE["float32"]["cos"]
+        assert float(out.acc[s]) == pytest.approx(ref["acc"], abs=1.5 / 50)
+    unmasked = _cell(rule, d, n, 0.1, chunk=64, sample=50)[1]
+    assert float(out.cos_mean.mean()) < unmasked["cos_mean"].mean()  # zeroing coordinates costs recall
 
 
 @pytest.mark.parametrize("method", ["gram64", "qr32"])
