@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--heads", type=_int_list, help="attention heads, each dividing d (default 1)")
     a.add_argument("--steps", type=_int_list,
                    help="updates per recall (default 1; > 1 iterates auto-association: the values are the keys)")
-    p.add_argument("--queries", "--acc-queries", type=int, dest="acc_queries",
+    p.add_argument("--queries", "--acc-queries", type=int, dest="acc_queries", metavar="Q",
                    help="stored keys queried per cell (attention: every metric; matrix memories: the "
                         "nearest-neighbour accuracy; default 1024, all when n is smaller)")
     c = p.add_argument_group("capacity search")
