@@ -145,24 +145,32 @@ def _side_by_side_d(summary: pd.DataFrame) -> int | None:
     return int(common[0]) if common else None
 
 
-def _memories_figure(group: pd.DataFrame, d: int) -> Figure:
-    fig = Figure(figsize=(12, 4.6), dpi=100, layout="constrained")
+def _cos_acc_figure(width: float, title: str):
+    """A figure with the cosine (left) and accuracy (right) panels against log n, and the
+    (axis, metric) pairs for the caller to draw into."""
+    fig = Figure(figsize=(width, 4.5), dpi=100, layout="constrained")
     axes = fig.subplots(1, 2)
-    names = sorted({memory_name(r) for _, r in group.iterrows()})
-    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, max(len(names), 2)))
-    for ax, (metric, label) in zip(axes, [("cos", "cosine similarity (recalled, true)"),
-                                          ("acc", "nearest-neighbour accuracy")]):
-        for colour, name in zip(colours, names):
-            g = group[group.apply(memory_name, axis=1) == name].sort_values("n")
-            style = "--o" if g["kernel"].iloc[0] == "attention" else "-s"
-            ax.plot(g["n"], g[metric], style, color=colour, ms=3, lw=1.3, label=name)
+    for ax, label in zip(axes, ["cosine similarity (recalled, true)", "nearest-neighbour accuracy"]):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("stored pairs n")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[1].axhline(ACC_THRESHOLD, color="grey", lw=0.8, alpha=0.6)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"matrix (solid) and attention (dashed) memories side by side, d={d}, exact queries")
+    fig.suptitle(title)
+    return fig, list(zip(axes, ("cos", "acc")))
+
+
+def _memories_figure(group: pd.DataFrame, d: int) -> Figure:
+    fig, panels = _cos_acc_figure(12, f"matrix (solid) and attention (dashed) memories side by side, d={d}, "
+                                      "exact queries")
+    names = sorted({memory_name(r) for _, r in group.iterrows()})
+    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, max(len(names), 2)))
+    for ax, metric in panels:
+        for colour, name in zip(colours, names):
+            g = group[group.apply(memory_name, axis=1) == name].sort_values("n")
+            style = "--o" if g["kernel"].iloc[0] == "attention" else "-s"
+            ax.plot(g["n"], g[metric], style, color=colour, ms=3, lw=1.3, label=name)
+    panels[1][0].axhline(ACC_THRESHOLD, color="grey", lw=0.8, alpha=0.6)
+    panels[0][0].legend(fontsize=7)
     return fig
 
 
@@ -204,23 +212,16 @@ def capacity_figure(found: pd.DataFrame) -> Figure:
 
 
 def _patterns_figure(group: pd.DataFrame, title: str) -> Figure:
-    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig, panels = _cos_acc_figure(11, title)
     ds = sorted(group["d"].unique())
     colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(len(ds), 1)))
     styles = ["-o", "--s", ":^", "-.v"]
-    for ax, (metric, label) in zip(axes, [("cos", "cosine similarity (recalled, true)"),
-                                          ("acc", "nearest-neighbour accuracy")]):
+    for ax, metric in panels:
         for style, patterns in zip(styles, sorted(group["patterns"].unique())):
             for colour, d in zip(colours, ds):
                 g = group[(group["d"] == d) & (group["patterns"] == patterns)].sort_values("n")
                 ax.plot(g["n"], g[metric], style, color=colour, ms=3, lw=1.3, label=f"{patterns}, d={d}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("stored pairs n")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
+    panels[0][0].legend(fontsize=7)
     return fig
 
 

@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MATRIX_KERNELS = ("pinv", "hebbian", "ridge", "delta")
-KERNELS = MATRIX_KERNELS + ("attention",)
+KERNELS = ("pinv", "hebbian", "ridge", "delta", "attention")
 # Attention settings (kept in step with kernels.attention, which this module does not import:
 # validating a spec must not start JAX).
 SIMILARITIES = ("dot", "scaled_dot", "cosine", "euclidean", "manhattan")
@@ -267,9 +266,13 @@ class Cell:
                 parts.append(f"{knob}={value:g}" if isinstance(value, float) else f"{knob}={value}")
         return " ".join(parts)
 
-    def label(self) -> str:
+    def setting_label(self) -> str:
+        """The cell without its n: what a capacity search varies n over."""
         corruption = f" mask={self.mask:g}" if self.mask else ""
-        return f"{self.knob_text()} d={self.d} n={self.n} noise={self.noise}{corruption}"
+        return f"{self.knob_text()} d={self.d} noise={self.noise}{corruption}"
+
+    def label(self) -> str:
+        return f"{self.setting_label()} n={self.n}"
 
 
 def _positive_int(v: Any) -> bool:

@@ -158,7 +158,7 @@ def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell]
     with tqdm(total=len(settings), desc="capacity searches", unit="search", disable=not show,
               file=sys.stderr) as bar:
         for setting in settings:
-            bar.set_postfix_str(setting.label().replace(" n=0", ""), refresh=False)
+            bar.set_postfix_str(setting.setting_label(), refresh=False)
 
             def probe(n: int, setting=setting) -> capacity.Probe:
                 cell = dataclasses.replace(setting, n=n)

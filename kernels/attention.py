@@ -43,9 +43,6 @@ def softmax_attend(queries, keys, values, beta=1.0, *, kind: str = "dot") -> Att
 
 SEPARATIONS = ("softmax", "topk", "max", "polynomial", "identity")
 ALL_SIMILARITIES = SIMILARITIES + ("euclidean", "manhattan")
-# Which separations read beta (the others ignore it) and which read the polynomial degree.
-USES_BETA = ("softmax", "topk")
-USES_DEGREE = ("polynomial",)
 
 
 def check_settings(similarity: str, separation: str, *, d: int, dv: int, heads: int = 1, steps: int = 1,

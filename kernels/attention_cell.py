@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from kernels import attention, matrix, patterns
-from kernels.cell import BASELINE_PAIRS, CellMetrics, pair_source
+from kernels.cell import BASELINE_PAIRS, CellMetrics, baseline_sums, pair_source, row_cos_dist
 
 
 class AttentionShape(NamedTuple):
@@ -106,11 +106,7 @@ def _run_seed(shape: AttentionShape, seed, n, noise, knobs: AttentionKnobs, tabl
         at = jnp.minimum(t, lead_max - 1) * chunk
         qbuf = jnp.where(is_base, qbuf, lax.dynamic_update_slice_in_dim(qbuf, queries, at, 0))
         vbuf = jnp.where(is_base, vbuf, lax.dynamic_update_slice_in_dim(vbuf, jnp.where(valid[:, None], values, 0), at, 0))
-        # Independent random vectors of the value distribution: the two halves of a chunk.
-        x, y = values[: chunk // 2].astype(acc_dtype), values[chunk // 2:].astype(acc_dtype)
-        norms = jnp.linalg.norm(x, axis=1) * jnp.linalg.norm(y, axis=1)
-        cos = jnp.sum(jnp.sum(x * y, axis=1) / jnp.where(norms > 0, norms, 1.0))
-        dist = jnp.sum(jnp.linalg.norm(x - y, axis=1))
+        cos, dist = baseline_sums(values, acc_dtype)
         return (qbuf, vbuf, base_cos + jnp.where(is_base, cos, 0), base_dist + jnp.where(is_base, dist, 0))
 
     zero = jnp.zeros((), acc_dtype)
@@ -150,10 +146,7 @@ def _run_seed(shape: AttentionShape, seed, n, noise, knobs: AttentionKnobs, tabl
     own = r2 + jnp.sum(true_values**2, axis=1) - 2 * jnp.sum(recalled * true_values, axis=1)
 
     in_sample = rows < m
-    R, V = recalled.astype(acc_dtype), true_values.astype(acc_dtype)
-    rn, vn = jnp.linalg.norm(R, axis=1), jnp.linalg.norm(V, axis=1)
-    cos = jnp.sum(R * V, axis=1) / jnp.where(rn * vn > 0, rn * vn, 1.0)
-    dist = jnp.linalg.norm(R - V, axis=1)
+    cos, dist = row_cos_dist(recalled, true_values, acc_dtype)
     count = m.astype(acc_dtype)
     mean = jnp.sum(jnp.where(in_sample, cos, 0)) / count
     spread = jnp.sqrt(jnp.sum(jnp.where(in_sample, (cos - mean) ** 2, 0)) / count)

@@ -219,13 +219,8 @@ def _run_seed(shape: CellShape, seed, n, noise, params, mask, table) -> CellMetr
                 nearest_other=jnp.minimum(stats.nearest_other, jnp.min(jnp.where(other, d2, jnp.inf), axis=1)))
 
         def baseline_step():
-            # Independent random vectors of the value distribution: the two halves of a chunk.
-            # In the accumulation dtype: the mean cosine is ~0 by cancellation of O(1) terms.
-            x, y = values[: chunk // 2].astype(acc), values[chunk // 2:].astype(acc)
-            norms = jnp.linalg.norm(x, axis=1) * jnp.linalg.norm(y, axis=1)
-            cos = jnp.sum(x * y, axis=1) / jnp.where(norms > 0, norms, 1.0)
-            return stats._replace(base_cos=stats.base_cos + jnp.sum(cos),
-                                                  base_dist=stats.base_dist + jnp.sum(jnp.linalg.norm(x - y, axis=1)))
+            cos, dist = baseline_sums(values, acc)
+            return stats._replace(base_cos=stats.base_cos + cos, base_dist=stats.base_dist + dist)
 
         return lax.switch(phase, [sample_step, score_step, baseline_step])
 
@@ -248,19 +243,29 @@ def _run_seed(shape: CellShape, seed, n, noise, params, mask, table) -> CellMetr
     )
 
 
+def row_cos_dist(R, V, acc):
+    """Per-row cosine and euclidean distance between R and V (m, dv), reduced in the
+    accumulation dtype ``acc`` (so that rows agree to ~1e-15 whatever the batch layout, 1
+    device or 4); a zero row has cosine 0."""
+    R, V = R.astype(acc), V.astype(acc)
+    rn, vn = jnp.linalg.norm(R, axis=1), jnp.linalg.norm(V, axis=1)
+    return jnp.sum(R * V, axis=1) / jnp.where(rn * vn > 0, rn * vn, 1.0), jnp.linalg.norm(R - V, axis=1)
+
+
+def baseline_sums(values, acc):
+    """Sums of the cosine and the distance between the two halves of a chunk of values:
+    independent random vectors of the value distribution. In the accumulation dtype: the mean
+    cosine is ~0 by cancellation of O(1) terms."""
+    half = values.shape[0] // 2
+    cos, dist = row_cos_dist(values[:half], values[half:], acc)
+    return jnp.sum(cos), jnp.sum(dist)
+
+
 def _recall_rows(Q, V, W, W_low, precise, acc):
     """Per-row cosine and distance between Q W and V: the product in float64 where K is ill
-    conditioned, the per-row reductions always in the accumulation dtype (so that rows agree
-    to ~1e-15 whatever the batch layout, 1 device or 4)."""
-
-    def rows(R):
-        R = R.astype(acc)
-        Vd = V.astype(acc)
-        rn, vn = jnp.linalg.norm(R, axis=1), jnp.linalg.norm(Vd, axis=1)
-        cos = jnp.sum(R * Vd, axis=1) / jnp.where(rn * vn > 0, rn * vn, 1.0)
-        return cos, jnp.linalg.norm(R - Vd, axis=1)
-
-    return lax.cond(precise, lambda: rows(Q.astype(acc) @ W.astype(acc)), lambda: rows(Q @ W_low))
+    conditioned."""
+    return lax.cond(precise, lambda: row_cos_dist(Q.astype(acc) @ W.astype(acc), V, acc),
+                    lambda: row_cos_dist(Q @ W_low, V, acc))
 
 
 def flops(rule: str, n: int, d: int, dv: int, sample: int, passes: int = 1) -> float:
