@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KERNELS = ("pinv", "hebbian", "ridge", "delta", "attention")
+# Pairs are counted in int32 on the device: n stays below this.
+MAX_PAIRS = 2**31
+# Memories that solve a least-squares problem: --method applies to them.
+LEAST_SQUARES = ("pinv", "ridge")
 # Attention settings (kept in step with kernels.attention, which this module does not import:
 # validating a spec must not start JAX).
 SIMILARITIES = ("dot", "scaled_dot", "cosine", "euclidean", "manhattan")
@@ -115,6 +119,10 @@ class SweepSpec:
         _check_positive_int("seeds", self.seeds)
         _check_positive_int("acc_queries", self.acc_queries)
         _check_positive_int("max_n", self.max_n)
+        for name, values in (("n", self.n), ("max_n", (self.max_n,))):
+            for v in values:
+                if v >= MAX_PAIRS:
+                    raise SpecError(f"{name}: {v} is too many pairs; pairs are counted in int32, use {name} < 2^31")
         if self.dv is not None:
             _check_positive_int("dv", self.dv)
         for v in self.noise:
@@ -192,9 +200,12 @@ class SweepSpec:
             raise SpecError(f"spec: unknown fields {sorted(unknown)}; this version knows {sorted(names)}")
         return cls(**data)
 
-    def settings(self) -> list["Cell"]:
+    def settings(self, auto_method: str = "auto") -> list["Cell"]:
         """Every (memory setting, patterns, d, noise, mask) with n = 0: the searches of a
-        capacity run, and the rows of the grid before n is chosen."""
+        capacity run, and the rows of the grid before n is chosen. auto_method: what method
+        "auto" means on this backend (the sweep passes it, so a cell's id names the method
+        that runs)."""
+        method = auto_method if self.method == "auto" else self.method
         out = []
         for kernel in self.kernels:
             for patterns in self.patterns:
@@ -205,12 +216,13 @@ class SweepSpec:
                                 steps = knobs.get("steps", 1)
                                 dv = d if steps > 1 else (self.dv or d)
                                 out.append(Cell(kernel=kernel, d=d, n=0, dv=dv, noise=noise, patterns=patterns,
-                                                dtype=self.dtype, mask=mask, **knobs))
+                                                dtype=self.dtype, mask=mask, queries=self.acc_queries,
+                                                method=method if kernel in LEAST_SQUARES else None, **knobs))
         return out
 
-    def cells(self) -> list["Cell"]:
+    def cells(self, auto_method: str = "auto") -> list["Cell"]:
         """Every cell of the grid, grouped so each compiled family runs its cells together."""
-        return [dataclasses.replace(s, n=n) for s in self.settings() for n in self.n]
+        return [dataclasses.replace(s, n=n) for s in self.settings(auto_method) for n in self.n]
 
     def _knob_grid(self, kernel: str) -> list[dict[str, Any]]:
         grid: list[dict[str, Any]] = [dict()]
@@ -246,12 +258,23 @@ class Cell:
     heads: int | None = None
     steps: int | None = None
     mask: float | None = None
+    queries: int = 1024
+    method: str | None = None
 
     @property
     def id(self) -> str:
-        """A stable name for the cell's part file: the same cell has the same id in every run."""
+        """A stable name for the cell's part file: a hash of every setting that decides its
+        numbers, so the same cell has the same id in every run."""
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def legacy_id(self) -> str:
+        """The id of runs written before ids hashed ``queries`` and ``method`` (manifests
+        without ``cell_ids``): resuming such a run finds its parts under these names."""
+        fields = dataclasses.asdict(self)
+        del fields["queries"], fields["method"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def knob_text(self) -> str:
         """The memory and the knobs it reads, e.g. 'attention scaled_dot topk beta=1 topk=8'."""

@@ -14,8 +14,8 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,46 +30,115 @@ from bench.spec import GLOVE_WORDS, Cell, SweepSpec
 
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
 _MEMORY_HEADROOM = 2.0
-Shape = kernels.CellShape | kernels.AttentionShape
+# Bytes per device a family's cache of drawn pairs may take (less where the device has less).
+KEEP_BYTES = 512 * 2**20
+# The cell-id scheme of new runs (manifest key "cell_ids"): 2 hashes every setting of a Cell.
+CELL_IDS = 2
+Family = kernels.MatrixFamily | kernels.AttentionFamily
 
 
-@dataclass
 class _Programs:
-    """Compiled programs, one per family (CellShape); compile time is charged to the cell that
-    needed the program first."""
+    """Compiled programs, one per family, compiled ahead of time, and the cache buffer of the
+    family running now (donated to each call and handed back, so it is allocated once per
+    family). ``prefetch`` compiles a family in a background thread while another one runs;
+    compile time is charged to the cell that needed the program first (the wait for it when
+    it was prefetched)."""
 
-    mesh: Mesh
-    compiled: dict[tuple[str, Shape], Any] = field(default_factory=dict)
-    compile_count: int = 0
+    def __init__(self, mesh: Mesh, seeds: int):
+        self.mesh = mesh
+        self.seeds = seeds
+        self.compiled: dict[tuple[str, Family], Future] = {}
+        self.compile_count = 0
+        self.compile_busy_s = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+        self._cache: tuple[Family, Any] | None = None
 
-    def get(self, shape: Shape, args) -> tuple[Any, float]:
-        key = (type(shape).__name__, shape)  # NamedTuples of equal fields compare equal
-        if key in self.compiled:
-            return self.compiled[key], 0.0
+    def _key(self, family: Family):
+        return type(family).__name__, family  # NamedTuples of equal fields compare equal
+
+    def _compile(self, family: Family, args) -> Any:
+        start = time.perf_counter()
         batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        runner = kernels.run_attention_cell if isinstance(shape, kernels.AttentionShape) else kernels.run_cell
-        fn = jax.jit(partial(runner, shape), in_shardings=(batch,) + (replicated,) * (len(args) - 1),
-                     out_shardings=batch)
+        if isinstance(family, kernels.AttentionFamily):
+            program = kernels.attention_cell_program(family)
+        else:
+            program = kernels.matrix_cell_program(family)
+        fn = jax.jit(program, in_shardings=(batch, batch) + (replicated,) * len(args), out_shardings=(batch, batch),
+                     donate_argnums=1)
+        cache = jax.ShapeDtypeStruct((self.seeds, family.kept_chunks + 1, family.chunk, family.d + family.dv),
+                                     np.dtype(family.dtype), sharding=batch)
+        seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
+        compiled = fn.lower(seeds, cache, *args).compile()
+        self.compile_busy_s += time.perf_counter() - start
+        return compiled
+
+    def prefetch(self, family: Family, args) -> None:
+        """Start compiling ``family`` in the background (args: its dynamic arguments)."""
+        key = self._key(family)
+        if key not in self.compiled:
+            self.compiled[key] = self._pool.submit(self._compile, family, args)
+            self.compile_count += 1
+
+    def get(self, family: Family, args) -> tuple[Any, float]:
+        """The compiled program and the seconds this call waited for it."""
         start = time.perf_counter()
-        compiled = fn.lower(*args).compile()
-        self.compiled[key] = compiled
-        self.compile_count += 1
+        self.prefetch(family, args)
+        compiled = self.compiled[self._key(family)].result()
         return compiled, time.perf_counter() - start
 
+    def run(self, family: Family, compiled, seed_array, args):
+        """Run one cell with the family's cache buffer (allocated when the family changes)."""
+        if self._cache is None or self._cache[0] != family:
+            self._cache = None  # free the previous family's buffer first
+            batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
+            self._cache = (family, jax.device_put(family.cache(self.seeds), batch))
+        metrics, buffer = compiled(seed_array, self._cache[1], *args)
+        self._cache = (family, buffer)
+        return jax.block_until_ready(metrics)
 
-def cell_shape(cell: Cell, spec: SweepSpec) -> Shape:
-    method = kernels.default_method() if spec.method == "auto" else spec.method
-    dist = kernels.TABLE if cell.patterns == "glove" else cell.patterns
+    def close(self) -> None:
+        self._cache = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def family_of(cell: Cell, keep: int = 0) -> Family:
+    """The compiled family a cell runs in: everything static about it (a Cell carries all of
+    it). keep: pairs the family's cache holds (see keep_pairs); it changes no number."""
+    patterns = kernels.TABLE if cell.patterns == "glove" else cell.patterns
+    # Matrix and attention memories of the same d and dv use the same chunk: they see the same pairs.
+    chunk = kernels.default_chunk(cell.d, cell.dv)
     if cell.kernel == "attention":
-        # The chunk of the matrix memories of the same d and dv: both see the same pairs.
-        return kernels.AttentionShape(
-            similarity=cell.similarity, separation=cell.separation, d=cell.d, dv=cell.dv, dist=dist,
-            dtype=cell.dtype, chunk=kernels.default_chunk(cell.d, cell.dv), queries=spec.acc_queries,
-            k=cell.topk or 1, heads=cell.heads, steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask))
-    return kernels.CellShape(rule=cell.kernel, d=cell.d, dv=cell.dv, dist=dist, dtype=cell.dtype,
-                             chunk=kernels.default_chunk(cell.d, cell.dv), sample=spec.acc_queries, method=method,
-                             noisy=cell.noise > 0, masked=bool(cell.mask))
+        return kernels.AttentionFamily(
+            similarity=cell.similarity, separation=cell.separation, d=cell.d, dv=cell.dv, patterns=patterns,
+            dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
+            steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep)
+    method = kernels.default_method() if cell.method in (None, "auto") else cell.method
+    return kernels.MatrixFamily(rule=cell.kernel, d=cell.d, dv=cell.dv, patterns=patterns, dtype=cell.dtype,
+                                chunk=chunk, queries=cell.queries, method=method, noisy=cell.noise > 0,
+                                masked=bool(cell.mask), keep=keep)
+
+
+def keep_pairs(cell: Cell, largest_n: int, seeds_per_device: int, budget: int) -> int:
+    """How many pairs a family's cache holds: all the family will store (largest_n), within
+    ``budget`` bytes per device shared by its seeds. Kept pairs are drawn once, not once per
+    pass over the memory."""
+    per_pair = (cell.d + cell.dv) * np.dtype(cell.dtype).itemsize * seeds_per_device
+    chunk = kernels.default_chunk(cell.d, cell.dv)
+    return int(min(largest_n, budget // per_pair // chunk * chunk))
+
+
+def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:
+    """The dynamic arguments of a cell's program, with the dtypes the program expects."""
+    if isinstance(family, kernels.AttentionFamily):
+        args = kernels.attention_args(family, cell.n, cell.noise, cell.beta or 1.0, cell.degree or 3.0,
+                                      cell.mask or 0.0)
+    else:
+        args = kernels.matrix_args(family, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1,
+                                   cell.mask or 0.0)
+    if family.patterns == kernels.TABLE:
+        args = (*args, glove_table(mesh))
+    return args
 
 
 @lru_cache(maxsize=1)
@@ -81,19 +150,19 @@ def glove_table(mesh: Mesh) -> jax.Array:
     return jax.device_put(vectors, NamedSharding(mesh, PartitionSpec()))
 
 
-def estimate_bytes(shape: Shape, seeds_per_device: int) -> int:
+def estimate_bytes(family: Family, seeds_per_device: int) -> int:
     """Peak bytes of one cell on one device: independent of n by construction."""
-    item = np.dtype(shape.dtype).itemsize
-    if isinstance(shape, kernels.AttentionShape):
-        d, dv, c, q = shape.d, shape.dv, shape.chunk, shape.queries
-        width = shape.k + c if shape.separation in ("topk", "max") else c
+    item = np.dtype(family.dtype).itemsize
+    if isinstance(family, kernels.AttentionFamily):
+        d, dv, c, q = family.d, family.dv, family.chunk, family.queries
+        width = family.k + c if family.separation in ("topk", "max") else c
         per_seed = item * (
             q * (3 * d + 4 * dv)                        # queries, true values, recalls, running state
-            + q * shape.k * dv * 2                      # running top-k values (topk)
+            + q * family.k * dv * 2                     # running top-k values (topk)
             + q * width * 3                             # a block of scores and weights
             + c * (3 * d + 2 * dv) * 2)                 # one chunk of keys, values, noise, masks
         return int(per_seed * seeds_per_device * _MEMORY_HEADROOM)
-    d, dv, c, m = shape.d, shape.dv, shape.chunk, shape.sample
+    d, dv, c, m = family.d, family.dv, family.chunk, family.queries
     per_seed = (
         8 * (d * d + 2 * d * dv)                       # Gram, cross term, W (float64 solves)
         + item * (-(-d // c) * c) * (d + dv)           # stashed first chunks (dual solve)
@@ -112,49 +181,84 @@ def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
     manifest = store.read_manifest(run_dir)
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("seeds",))
-    programs = _Programs(mesh)
     seeds = list(range(spec.seeds))
     padded = seeds + [seeds[-1]] * (-len(seeds) % len(devices))  # pad to a multiple of devices
+    programs = _Programs(mesh, len(padded))
     seed_array = jax.device_put(np.array(padded, np.int32), NamedSharding(mesh, PartitionSpec("seeds")))
     available = environment.device_memory_bytes()
+    per_device = len(padded) // len(devices)
+    budget = min(KEEP_BYTES, available // 8) if available else KEEP_BYTES
+    largest_n = spec.max_n if spec.capacity else max(spec.n)
+    families: dict[Cell, Family] = {}
+
+    def family(cell: Cell) -> Family:
+        setting = dataclasses.replace(cell, n=0)
+        if setting not in families:
+            families[setting] = family_of(cell, keep_pairs(cell, largest_n, per_device, budget))
+        return families[setting]
+
+    def prefetch(cells: list[Cell]) -> None:
+        """Compile every family the run will need, in order, in the background."""
+        for cell in cells:
+            if cell.separation == "topk" and cell.topk > max(cell.n, 1) and not spec.capacity:
+                continue
+            f = family(cell)
+            probe = dataclasses.replace(cell, n=max(cell.n, 1))
+            if estimate_bytes(f, per_device) <= (available or math.inf):
+                programs.prefetch(f, cell_args(probe, f, mesh))
     done = store.finished_cells(run_dir)
     show = sys.stderr.isatty() if progress is None else progress
+    # Runs written before cell ids hashed every setting name their parts by Cell.legacy_id.
+    manifest.setdefault("cell_ids", CELL_IDS if not done else 1)
+    part_id = (lambda c: c.id) if manifest["cell_ids"] == CELL_IDS else (lambda c: c.legacy_id)
 
     def run_cell(cell: Cell) -> list[dict[str, Any]]:
-        if cell.id in done:
-            return store.read_part(run_dir, cell.id)
-        rows = _run_one(cell, spec, programs, seed_array, len(seeds), len(padded) // len(devices), available,
-                        run_id=run_dir.name)
-        store.write_part(run_dir, cell.id, rows)
-        done.add(cell.id)
+        cid = part_id(cell)
+        if cid in done:
+            return store.read_part(run_dir, cid)
+        rows = _run_one(cell, family(cell), programs, seed_array, len(seeds), per_device, available,
+                        run_id=run_dir.name, cell_id=cid)
+        store.write_part(run_dir, cid, rows)
+        done.add(cid)
         if on_cell_done is not None:
             on_cell_done(cell)
         return rows
 
-    if spec.capacity:
-        order = _capacity_searches(spec, run_dir, run_cell, show)
-    else:
-        cells = spec.cells()
-        todo = [c for c in cells if c.id not in done]
-        with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not show,
-                  file=sys.stderr) as bar:
-            for cell in todo:
-                bar.set_postfix_str(cell.label(), refresh=False)
-                run_cell(cell)
-                bar.update()
-        order = [c.id for c in cells]
+    try:
+        if spec.capacity:
+            prefetch(spec.settings(auto_method=kernels.default_method()))
+            order = _capacity_searches(spec, run_dir, run_cell, part_id, show)
+        else:
+            order = _grid(spec, run_cell, part_id, done, prefetch, show)
+    finally:
+        programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
+    manifest["compile_busy_s"] = manifest.get("compile_busy_s", 0.0) + programs.compile_busy_s
     manifest["cell_order"] = order
     return manifest
 
 
+def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool) -> list[str]:
+    """Every cell of the grid not yet done, in order; returns the part ids of all of them."""
+    cells = spec.cells(auto_method=kernels.default_method())
+    todo = [c for c in cells if part_id(c) not in done]
+    prefetch(todo)
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not show,
+              file=sys.stderr) as bar:
+        for cell in todo:
+            bar.set_postfix_str(cell.label(), refresh=False)
+            run_cell(cell)
+            bar.update()
+    return [part_id(c) for c in cells]
+
+
 def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell], list[dict[str, Any]]],
-                       show: bool) -> list[str]:
+                       part_id: Callable[[Cell], str], show: bool) -> list[str]:
     """One capacity search per setting of ``spec``; writes capacity.parquet and returns the
     probe cells in the order run."""
     order: list[str] = []
     rows = []
-    settings = spec.settings()
+    settings = spec.settings(auto_method=kernels.default_method())
     with tqdm(total=len(settings), desc="capacity searches", unit="search", disable=not show,
               file=sys.stderr) as bar:
         for setting in settings:
@@ -163,8 +267,8 @@ def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell]
             def probe(n: int, setting=setting) -> capacity.Probe:
                 cell = dataclasses.replace(setting, n=n)
                 cell_rows = run_cell(cell)
-                if cell.id not in order:
-                    order.append(cell.id)
+                if part_id(cell) not in order:
+                    order.append(part_id(cell))
                 bad = [r["status"] for r in cell_rows if r["status"] != "ok"]
                 accs = [r["acc"] for r in cell_rows if r["status"] == "ok"]
                 return capacity.Probe(n, float(np.mean(accs)) if accs else math.nan, bad[0] if bad else "ok")
@@ -184,38 +288,31 @@ def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell]
     return order
 
 
-def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_seeds: int, per_device: int,
-             available: int | None, *, run_id: str) -> list[dict[str, Any]]:
-    shape = cell_shape(cell, spec)
-    base = _base_row(cell, spec, shape, run_id)
+def _run_one(cell: Cell, family: Family, programs: _Programs, seed_array, n_seeds: int, per_device: int,
+             available: int | None, *, run_id: str, cell_id: str) -> list[dict[str, Any]]:
+    base = _base_row(cell, run_id, cell_id)
     if cell.separation == "topk" and cell.topk > cell.n:
         return [dict(base, seed=s, status="skipped",
                      error=f"topk = {cell.topk} is more than n = {cell.n} stored pairs; top-k needs n >= k")
                 for s in range(n_seeds)]
-    needed = estimate_bytes(shape, per_device)
+    needed = estimate_bytes(family, per_device)
     if available is not None and needed > available:
         return [dict(base, seed=s, status="skipped",
                      error=f"needs about {needed / 2**30:.2f} GiB per device, the device has {available / 2**30:.2f} GiB free")
                 for s in range(n_seeds)]
     try:
-        if isinstance(shape, kernels.AttentionShape):
-            args = kernels.attention_args(shape, cell.n, cell.noise, cell.beta or 1.0, cell.degree or 3.0,
-                                          cell.mask or 0.0)
-        else:
-            args = kernels.cell_args(shape, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1,
-                                     cell.mask or 0.0)
-        if shape.dist == kernels.TABLE:
-            args = (*args, glove_table(programs.mesh))
-        compiled, compile_s = programs.get(shape, (seed_array, *args))
+        args = cell_args(cell, family, programs.mesh)
+        compiled, compile_s = programs.get(family, args)
         start = time.perf_counter()
-        metrics = jax.block_until_ready(compiled(seed_array, *args))
+        metrics = programs.run(family, compiled, seed_array, args)
         run_s = time.perf_counter() - start
         if not bool(np.all(np.asarray(metrics.solved))):
             # Rank-deficient keys for some seed: rerun the cell with the eigenvalue fallback.
-            compiled, extra = programs.get(shape._replace(fallback=True), (seed_array, *args))
+            family = family._replace(fallback=True)
+            compiled, extra = programs.get(family, args)
             compile_s += extra
             start = time.perf_counter()
-            metrics = jax.block_until_ready(compiled(seed_array, *args))
+            metrics = programs.run(family, compiled, seed_array, args)
             run_s = time.perf_counter() - start
         values = {k: np.asarray(v)[:n_seeds] for k, v in metrics._asdict().items()}
     except Exception as e:  # recorded, and the sweep goes on
@@ -229,7 +326,7 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
                          ("cos_mean", "cos_std", "dist_mean", "acc", "baseline_cos", "baseline_dist")}
         finite = all(math.isfinite(v) for v in metric_values.values())
         if cell.kernel == "attention":
-            method = "running-top-k" if cell.separation in ("topk", "max") else "online"
+            method = kernels.SEPARATION_REGISTRY[cell.separation].method
         else:
             method = kernels.METHOD_NAMES[int(values["method"][i])]
         rows.append(dict(
@@ -242,15 +339,15 @@ def _run_one(cell: Cell, spec: SweepSpec, programs: _Programs, seed_array, n_see
     return rows
 
 
-def _base_row(cell: Cell, spec: SweepSpec, shape: Shape, run_id: str) -> dict[str, Any]:
+def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
     knobs = {k: getattr(cell, k) for k in ("lam", "eta", "passes", "similarity", "separation", "beta", "topk",
                                           "degree", "heads", "steps", "mask")}
     if cell.kernel == "attention":
-        flops = kernels.attention_flops(cell.n, cell.d, cell.dv, spec.acc_queries, cell.steps)
+        flops = kernels.attention_flops(cell.n, cell.d, cell.dv, cell.queries, cell.steps)
     else:
-        flops = kernels.flops(cell.kernel, cell.n, cell.d, cell.dv, spec.acc_queries, cell.passes or 1)
+        flops = kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, cell.passes or 1)
     return dict(
-        run_id=run_id, cell_id=cell.id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
+        run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
         d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise, **knobs,
         baseline_cos_theory=theory.baseline_cos(cell.dv, cell.patterns),
         baseline_dist_theory=theory.baseline_dist(cell.dv, cell.patterns),

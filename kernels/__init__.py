@@ -1,14 +1,19 @@
 """Pure JAX kernels of the associative-memory suite: arrays in, arrays out."""
 
-from kernels.attention import ALL_SIMILARITIES, SEPARATIONS, SIMILARITIES, Attended, recall, softmax_attend
-from kernels.attention_cell import AttentionKnobs, AttentionShape, attention_args, attention_flops, run_attention_cell
-from kernels.cell import TABLE, BASELINE_PAIRS, CellMetrics, CellShape, cell_args, default_chunk, flops, run_cell
+from kernels.attention import (ALL_SIMILARITIES, SEPARATION_REGISTRY, SEPARATIONS, SIMILARITIES, SIMILARITY_REGISTRY,
+                               Attended, recall, softmax_attend)
+from kernels.attention_cell import (AttentionFamily, AttentionKnobs, attention_args, attention_cell_program, attention_flops,
+                                    run_attention_cell)
 from kernels.matrix import METHOD_NAMES, METHODS, RULES, Params, default_method, delta, hebbian, pinv, ridge
-from kernels.patterns import DISTRIBUTIONS, entry_scale, sample, stream_key
+from kernels.matrix_cell import MatrixFamily, matrix_args, matrix_cell_program, matrix_flops, run_matrix_cell
+from kernels.metrics import CellMetrics
+from kernels.streams import BASELINE_PAIRS, DISTRIBUTIONS, TABLE, default_chunk, entry_scale, open_stream, stream_key
 
 __all__ = [
-    "ALL_SIMILARITIES", "Attended", "AttentionKnobs", "AttentionShape", "attention_args", "attention_flops",
-    "run_attention_cell", "BASELINE_PAIRS", "SEPARATIONS", "recall", "CellMetrics", "CellShape", "DISTRIBUTIONS", "METHODS", "METHOD_NAMES", "Params",
-    "RULES", "SIMILARITIES", "TABLE", "cell_args", "default_chunk", "default_method", "delta", "entry_scale", "flops",
-    "hebbian", "pinv", "ridge", "run_cell", "sample", "softmax_attend", "stream_key",
+    "ALL_SIMILARITIES", "Attended", "AttentionFamily", "AttentionKnobs", "BASELINE_PAIRS", "CellMetrics",
+    "DISTRIBUTIONS", "METHODS", "METHOD_NAMES", "MatrixFamily", "Params", "RULES", "SEPARATIONS",
+    "SEPARATION_REGISTRY", "SIMILARITIES", "SIMILARITY_REGISTRY", "TABLE", "attention_args", "attention_cell_program", "attention_flops",
+    "default_chunk", "default_method", "delta", "entry_scale", "hebbian", "matrix_args", "matrix_cell_program", "matrix_flops",
+    "open_stream", "pinv", "recall", "ridge", "run_attention_cell", "run_matrix_cell", "softmax_attend",
+    "stream_key",
 ]

@@ -7,11 +7,12 @@ Shapes, one item per row: queries (q, d), keys (n, d), values (n, dv) -> (q, dv)
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+# The similarities of the fuzzy store (softmax_attend), which needs the full weight matrix.
 SIMILARITIES = ("dot", "scaled_dot", "cosine")
 
 
@@ -24,14 +25,10 @@ class Attended(NamedTuple):
 
 def similarity(queries, keys, kind: str):
     """Scores (q, n): dot products, dot / sqrt(d) (as in transformers), or cosines."""
-    if kind == "dot":
-        return queries @ keys.T
-    if kind == "scaled_dot":
-        return queries @ keys.T / jnp.sqrt(jnp.asarray(queries.shape[-1], queries.dtype))
-    if kind == "cosine":
-        unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).tiny)
-        return unit(queries) @ unit(keys).T
-    raise ValueError(f"unknown similarity {kind!r}; use one of {', '.join(SIMILARITIES)}")
+    if kind not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {kind!r}; use one of {', '.join(SIMILARITIES)}")
+    sim = SIMILARITY_REGISTRY[kind]
+    return sim.scores(sim.prepare(queries[None]), sim.prepare(keys[None]))[0]
 
 
 @partial(jax.jit, static_argnames="kind")
@@ -41,16 +38,148 @@ def softmax_attend(queries, keys, values, beta=1.0, *, kind: str = "dot") -> Att
     return Attended(weights @ values, weights)
 
 
-SEPARATIONS = ("softmax", "topk", "max", "polynomial", "identity")
-ALL_SIMILARITIES = SIMILARITIES + ("euclidean", "manhattan")
+# ---------------------------------------------------------------------------------------------
+# The blockwise core, shared by the array API below and the streamed sweep cell
+# (kernels.attention_cell). Arrays carry a leading head axis h: queries (h, q, dh), a key block
+# (h, b, dh), its values (h, b, dvh), valid (b,) marks real rows of a padded block.
+#
+# Each similarity and each separation is one small object in a registry: adding one is one
+# entry here (plus its tests); the sweep, the command line and the store read the names.
+
+
+class Similarity(NamedTuple):
+    """prepare(x (h, m, dh)) -> per-row preprocessing of queries and keys; scores(q (h, q, dh),
+    kb (h, b, dh)) -> (h, q, b) scores of prepared rows (higher is more similar)."""
+
+    name: str
+    prepare: Callable
+    scores: Callable
+
+
+def _unit(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).tiny)
+
+
+def _dot(q, kb):
+    return jnp.einsum("hqd,hbd->hqb", q, kb)
+
+
+def _euclidean(q, kb):
+    sq = jnp.sum(q * q, -1)[:, :, None] + jnp.sum(kb * kb, -1)[:, None, :] - 2 * _dot(q, kb)
+    return -jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
+def _manhattan(q, kb):
+    # A reduction over d fused with the broadcast difference: XLA does not materialise the
+    # (h, q, b, dh) difference, so memory stays O(q b).
+    return -jnp.sum(jnp.abs(q[:, :, None, :] - kb[:, None, :, :]), axis=-1)
+
+
+_same = lambda x: x
+SIMILARITY_REGISTRY: dict[str, Similarity] = {s.name: s for s in (
+    Similarity("dot", _same, _dot),
+    Similarity("scaled_dot", _same, lambda q, kb: _dot(q, kb) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))),
+    Similarity("cosine", _unit, _dot),
+    Similarity("euclidean", _same, _euclidean),
+    Similarity("manhattan", _same, _manhattan),
+)}
+ALL_SIMILARITIES = tuple(SIMILARITY_REGISTRY)
+
+
+class Knobs(NamedTuple):
+    """Traced knobs of the separations: inverse temperature beta, polynomial degree."""
+
+    beta: jax.Array | float = 1.0
+    degree: jax.Array | float = 3.0
+
+
+class Separation(NamedTuple):
+    """A map from scores to weights, folded over key blocks with a running state.
+
+    init(heads, nq, dvh, k, dtype) -> state before any block; update(state, scores (h, q, b),
+    vb (h, b, dvh), valid (b,), knobs) -> state; result(state, knobs) -> recalled (h, q, dvh).
+    knobs: the knobs it reads (of beta, topk, degree); method: the label of its rows."""
+
+    name: str
+    init: Callable
+    update: Callable
+    result: Callable
+    knobs: tuple[str, ...]
+    method: str
+
+
+def _softmax_update(state, scores, vb, valid, knobs):
+    run_max, denom, acc = state
+    s = jnp.where(valid, knobs.beta * scores, -jnp.inf)
+    new_max = jnp.maximum(run_max, s.max(-1))
+    safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no valid key yet: nothing to rescale
+    scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, -jnp.inf))
+    p = jnp.exp(s - safe[..., None])
+    return new_max, denom * scale + p.sum(-1), acc * scale[..., None] + jnp.einsum("hqb,hbv->hqv", p, vb)
+
+
+def _weighted_sum_update(weights):
+    def update(state, scores, vb, valid, knobs):
+        denom, acc = state
+        w = jnp.where(valid, weights(scores, knobs), 0.0)
+        return denom + w.sum(-1), acc + jnp.einsum("hqb,hbv->hqv", w, vb)
+    return update
+
+
+def _top_update(state, scores, vb, valid, knobs):
+    top_s, top_v = state
+    width = top_s.shape[-1]
+    # Candidates: the running best first (earlier keys win ties, as a stable sort would), then the block.
+    cand = jnp.concatenate([top_s, jnp.where(valid, scores, -jnp.inf)], axis=-1)
+    new_s, pos = jax.lax.top_k(cand, width)
+    from_old = jnp.take_along_axis(top_v, jnp.minimum(pos, width - 1)[..., None], axis=2)
+    from_block = jax.vmap(lambda v, p: v[p])(vb, jnp.maximum(pos - width, 0))  # (h, q, width, dvh)
+    return new_s, jnp.where((pos < width)[..., None], from_old, from_block)
+
+
+def _top_init(width):
+    def init(heads, nq, dvh, k, dtype):
+        w = width or k  # running top scores and their values
+        return jnp.full((heads, nq, w), -jnp.inf, dtype), jnp.zeros((heads, nq, w, dvh), dtype)
+    return init
+
+
+def _sums_init(heads, nq, dvh, k, dtype):
+    return jnp.zeros((heads, nq), dtype), jnp.zeros((heads, nq, dvh), dtype)
+
+
+def _topk_result(state, knobs):
+    top_s, top_v = state
+    return jnp.einsum("hqk,hqkv->hqv", jax.nn.softmax(knobs.beta * top_s, axis=-1), top_v)
+
+
+def _normalised_result(state, knobs):
+    denom, acc = state
+    return acc / jnp.where(denom > 0, denom, 1.0)[..., None]
+
+
+SEPARATION_REGISTRY: dict[str, Separation] = {s.name: s for s in (
+    Separation("softmax",
+               lambda h, nq, dvh, k, dtype: (jnp.full((h, nq), -jnp.inf, dtype), jnp.zeros((h, nq), dtype),
+                                             jnp.zeros((h, nq, dvh), dtype)),
+               _softmax_update, lambda state, knobs: state[2] / state[1][..., None], ("beta",), "online"),
+    Separation("topk", _top_init(None), _top_update, _topk_result, ("beta", "topk"), "running-top-k"),
+    Separation("max", _top_init(1), _top_update, lambda state, knobs: state[1][:, :, 0], (), "running-top-k"),
+    Separation("polynomial", _sums_init,
+               _weighted_sum_update(lambda s, knobs: jnp.maximum(s, 0.0) ** knobs.degree),
+               _normalised_result, ("degree",), "online"),
+    Separation("identity", _sums_init, _weighted_sum_update(lambda s, knobs: s),
+               lambda state, knobs: state[1], (), "online"),
+)}
+SEPARATIONS = tuple(SEPARATION_REGISTRY)
 
 
 def check_settings(similarity: str, separation: str, *, d: int, dv: int, heads: int = 1, steps: int = 1,
                    k: int = 1) -> None:
     """Raise ValueError naming the bad setting and what is allowed."""
-    if similarity not in ALL_SIMILARITIES:
+    if similarity not in SIMILARITY_REGISTRY:
         raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(ALL_SIMILARITIES)}")
-    if separation not in SEPARATIONS:
+    if separation not in SEPARATION_REGISTRY:
         raise ValueError(f"unknown separation {separation!r}; use one of {', '.join(SEPARATIONS)}")
     if heads < 1 or d % heads or dv % heads:
         raise ValueError(f"heads = {heads} must divide d = {d} and dv = {dv}")
@@ -62,12 +191,6 @@ def check_settings(similarity: str, separation: str, *, d: int, dv: int, heads: 
         raise ValueError(f"k = {k}: top-k needs k >= 1")
 
 
-# ---------------------------------------------------------------------------------------------
-# The blockwise core, shared by the array API below and the streamed sweep cell
-# (kernels.attention_cell). Arrays carry a leading head axis h: queries (h, q, dh), a key block
-# (h, b, dh), its values (h, b, dvh), valid (b,) marks real rows of a padded block.
-
-
 def split_heads(x, heads: int):
     """(m, d) -> (h, m, d / h)."""
     return x.reshape(x.shape[0], heads, x.shape[1] // heads).transpose(1, 0, 2)
@@ -76,86 +199,6 @@ def split_heads(x, heads: int):
 def merge_heads(x):
     """(h, m, dh) -> (m, h * dh)."""
     return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
-
-
-def _unit(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), jnp.finfo(x.dtype).tiny)
-
-
-def prepare(x, similarity: str):
-    """Per-row preprocessing of queries or keys (h, m, dh): unit length for cosine, else as is."""
-    return _unit(x) if similarity == "cosine" else x
-
-
-def block_scores(q, kb, similarity: str):
-    """Scores (h, q, b) of prepared queries (h, q, dh) against a prepared key block (h, b, dh)."""
-    if similarity in ("dot", "cosine"):
-        return jnp.einsum("hqd,hbd->hqb", q, kb)
-    if similarity == "scaled_dot":
-        return jnp.einsum("hqd,hbd->hqb", q, kb) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    if similarity == "euclidean":
-        sq = jnp.sum(q * q, -1)[:, :, None] + jnp.sum(kb * kb, -1)[:, None, :] - 2 * jnp.einsum("hqd,hbd->hqb", q, kb)
-        return -jnp.sqrt(jnp.maximum(sq, 0.0))
-    if similarity == "manhattan":
-        # A reduction over d fused with the broadcast difference: XLA does not materialise
-        # the (h, q, b, dh) difference, so memory stays O(q b).
-        return -jnp.sum(jnp.abs(q[:, :, None, :] - kb[:, None, :, :]), axis=-1)
-    raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(ALL_SIMILARITIES)}")
-
-
-def online_init(separation: str, heads: int, nq: int, dvh: int, k: int, dtype):
-    """The running state of one separation before any key block is seen."""
-    neg = jnp.full((heads, nq), -jnp.inf, dtype)
-    zeros = jnp.zeros((heads, nq, dvh), dtype)
-    if separation == "softmax":  # running max, denominator, weighted sum
-        return (neg, jnp.zeros((heads, nq), dtype), zeros)
-    if separation in ("polynomial", "identity"):
-        return (jnp.zeros((heads, nq), dtype), zeros)
-    width = 1 if separation == "max" else k  # running top-k scores and their values
-    return (jnp.full((heads, nq, width), -jnp.inf, dtype), jnp.zeros((heads, nq, width, dvh), dtype))
-
-
-def online_update(separation: str, state, scores, vb, valid, beta, degree):
-    """Fold a block in: scores (h, q, b), values vb (h, b, dvh), valid (b,)."""
-    neg = jnp.asarray(-jnp.inf, scores.dtype)
-    if separation == "softmax":
-        run_max, denom, acc = state
-        s = jnp.where(valid, beta * scores, neg)
-        new_max = jnp.maximum(run_max, s.max(-1))
-        safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no valid key yet: nothing to rescale
-        scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, neg))
-        p = jnp.exp(s - safe[..., None])
-        return (new_max, denom * scale + p.sum(-1), acc * scale[..., None] + jnp.einsum("hqb,hbv->hqv", p, vb))
-    if separation in ("polynomial", "identity"):
-        denom, acc = state
-        w = jnp.maximum(scores, 0.0) ** degree if separation == "polynomial" else scores
-        w = jnp.where(valid, w, 0.0)
-        return (denom + w.sum(-1), acc + jnp.einsum("hqb,hbv->hqv", w, vb))
-    top_s, top_v = state
-    width = top_s.shape[-1]
-    # Candidates: the running best first (earlier keys win ties, as a stable sort would), then the block.
-    cand = jnp.concatenate([top_s, jnp.where(valid, scores, neg)], axis=-1)
-    new_s, pos = jax.lax.top_k(cand, width)
-    from_old = jnp.take_along_axis(top_v, jnp.minimum(pos, width - 1)[..., None], axis=2)
-    from_block = jax.vmap(lambda v, p: v[p])(vb, jnp.maximum(pos - width, 0))  # (h, q, width, dvh)
-    return (new_s, jnp.where((pos < width)[..., None], from_old, from_block))
-
-
-def online_result(separation: str, state, beta):
-    """The recalled values (h, q, dvh) from a final state."""
-    if separation == "softmax":
-        _, denom, acc = state
-        return acc / denom[..., None]
-    if separation == "identity":
-        return state[1]
-    if separation == "polynomial":
-        denom, acc = state
-        return acc / jnp.where(denom > 0, denom, 1.0)[..., None]
-    top_s, top_v = state
-    if separation == "max":
-        return top_v[:, :, 0]
-    w = jax.nn.softmax(beta * top_s, axis=-1)
-    return jnp.einsum("hqk,hqkv->hqv", w, top_v)
 
 
 @partial(jax.jit, static_argnames=("similarity", "separation", "k", "heads", "block_size", "query_block", "steps"))
@@ -182,23 +225,22 @@ def recall(queries, keys, values, *, similarity: str = "dot", separation: str = 
     dtype = jnp.result_type(queries.dtype, keys.dtype, values.dtype, jnp.float32)
     blk = max(1, min(block_size, n))
     num_blocks = -(-n // blk)
-    kb = prepare(split_heads(jnp.pad(keys.astype(dtype), ((0, num_blocks * blk - n), (0, 0))), heads), similarity)
+    sim, sep = SIMILARITY_REGISTRY[similarity], SEPARATION_REGISTRY[separation]
+    kb = sim.prepare(split_heads(jnp.pad(keys.astype(dtype), ((0, num_blocks * blk - n), (0, 0))), heads))
     vb = split_heads(jnp.pad(values.astype(dtype), ((0, num_blocks * blk - n), (0, 0))), heads)
-    beta = jnp.asarray(beta, dtype)
-    degree = jnp.asarray(degree, dtype)
+    knobs = Knobs(jnp.asarray(beta, dtype), jnp.asarray(degree, dtype))
 
     def attend(qblock):  # (qb, d) -> (qb, dv)
-        qh = prepare(split_heads(qblock, heads), similarity)
+        qh = sim.prepare(split_heads(qblock, heads))
 
         def body(j, state):
             kj = jax.lax.dynamic_slice_in_dim(kb, j * blk, blk, axis=1)
             vj = jax.lax.dynamic_slice_in_dim(vb, j * blk, blk, axis=1)
             valid = j * blk + jnp.arange(blk) < n
-            return online_update(separation, state, block_scores(qh, kj, similarity), vj, valid, beta, degree)
+            return sep.update(state, sim.scores(qh, kj), vj, valid, knobs)
 
-        state = jax.lax.fori_loop(0, num_blocks, body,
-                                  online_init(separation, heads, qblock.shape[0], dv // heads, k, dtype))
-        return merge_heads(online_result(separation, state, beta))
+        state = jax.lax.fori_loop(0, num_blocks, body, sep.init(heads, qblock.shape[0], dv // heads, k, dtype))
+        return merge_heads(sep.result(state, knobs))
 
     nq = queries.shape[0]
     qb = max(1, min(query_block, nq))

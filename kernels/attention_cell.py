@@ -2,9 +2,11 @@
 by attention over n streamed pairs and reduce to the same metrics as a matrix-memory cell.
 
 The stored pairs are never held: every pass over the memory regenerates them chunk by chunk
-from the counter-based stream (the same pairs a matrix memory of the same d, dv and
-distribution sees), so memory is O(queries x (d + chunk)) whatever n is, and one compiled
-program serves every n, beta, degree, noise level and mask fraction of a family.
+from the pair stream (the same pairs a matrix memory of the same d, dv and patterns sees),
+so memory is O(queries x (d + chunk)) whatever n is, and one compiled program serves every
+n, beta, degree, noise level and mask fraction of a family. Loops per seed, each a plain
+fori_loop with one random-number call site: the queries (the first chunks), one attention
+pass per step, the nearest-other-value scan, the random baselines.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kernels import attention, matrix, patterns
-from kernels.cell import BASELINE_PAIRS, CellMetrics, baseline_sums, pair_source, row_cos_dist
+from kernels import attention, metrics, streams
 
 
-class AttentionShape(NamedTuple):
-    """Static settings of a compiled family of attention cells.
+class AttentionFamily(NamedTuple):
+    """Static settings of one compiled program of attention cells.
 
     queries: how many stored keys are recalled (the first min(n, queries) pairs: pairs are
     i.i.d., so they are a uniform random sample). k: top-k width. steps > 1: auto-association
@@ -31,15 +32,25 @@ class AttentionShape(NamedTuple):
     separation: str
     d: int
     dv: int
-    dist: str
+    patterns: str
     dtype: str = "float32"
-    chunk: int = 256
+    chunk: int = 512
     queries: int = 1024
     k: int = 1
     heads: int = 1
     steps: int = 1
     noisy: bool = False
     masked: bool = False
+    keep: int = 0
+
+    @property
+    def kept_chunks(self) -> int:
+        """Chunks the cache holds: the first pass draws them once, later passes read them."""
+        return max(1, -(-self.keep // self.chunk))
+
+    def cache(self, seeds: int) -> jax.Array:
+        """A fresh cache buffer for ``seeds`` seeds: (seeds, kept + 1, chunk, d + dv)."""
+        return jnp.zeros((seeds, self.kept_chunks + 1, self.chunk, self.d + self.dv), self.dtype)
 
 
 class AttentionKnobs(NamedTuple):
@@ -50,116 +61,106 @@ class AttentionKnobs(NamedTuple):
     mask: jax.Array
 
 
-def attention_args(shape: AttentionShape, n, noise=0.0, beta=1.0, degree=3.0, mask=0.0):
+def attention_args(family: AttentionFamily, n, noise=0.0, beta=1.0, degree=3.0, mask=0.0):
     """Dynamic arguments of run_attention_cell with the dtypes its compiled program expects."""
-    dtype = jnp.dtype(shape.dtype)
+    dtype = jnp.dtype(family.dtype)
+    if not 0 <= n < 2**31:
+        raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
     return (jnp.asarray(n, jnp.int32), jnp.asarray(noise, dtype),
             AttentionKnobs(jnp.asarray(beta, dtype), jnp.asarray(degree, dtype), jnp.asarray(mask, dtype)))
 
 
-def run_attention_cell(shape: AttentionShape, seeds, n, noise, knobs: AttentionKnobs, table=None) -> CellMetrics:
+def run_attention_cell(family: AttentionFamily, seeds, n, noise, knobs: AttentionKnobs,
+                       table=None) -> metrics.CellMetrics:
     """seeds: (S,) int32; n: int scalar (traced); noise: relative query noise; knobs: traced.
     Metrics (per seed) are over the recalled sample: cosine and distance to the true value,
-    nearest-neighbour accuracy against all n stored values, random baselines as for
-    kernels.run_cell. ``method`` is 0 and ``solved`` True (no solve)."""
-    attention.check_settings(shape.similarity, shape.separation, d=shape.d, dv=shape.dv, heads=shape.heads,
-                             steps=shape.steps, k=shape.k)
-    if shape.chunk % 2:
-        raise ValueError(f"chunk must be even, got {shape.chunk}")
-    return jax.vmap(lambda seed: _run_seed(shape, seed, n, noise, knobs, table))(seeds)
+    nearest-neighbour accuracy against all n stored values, random baselines as for a matrix
+    cell. ``method`` is 0 and ``solved`` True (no solve)."""
+    return attention_cell_program(family)(seeds, family.cache(seeds.shape[0]), n, noise, knobs, table)[0]
 
 
-def _run_seed(shape: AttentionShape, seed, n, noise, knobs: AttentionKnobs, table) -> CellMetrics:
-    dtype = jnp.dtype(shape.dtype)
-    acc_dtype = matrix.accumulate_dtype(dtype)
+def attention_cell_program(family: AttentionFamily):
+    """The function a sweep compiles: (seeds, cache, n, noise, knobs[, table]) ->
+    (CellMetrics, cache), the cache buffer (family.cache) handed back so it can be donated."""
+    f = family
+    attention.check_settings(f.similarity, f.separation, d=f.d, dv=f.dv, heads=f.heads, steps=f.steps, k=f.k)
+
+    def program(seeds, cache, n, noise, knobs, table=None):
+        return jax.vmap(lambda seed, buf: _run_seed(f, seed, buf, n, noise, knobs, table))(seeds, cache)
+
+    return program
+
+
+def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, table):
+    dtype = jnp.dtype(f.dtype)
+    wide = metrics.accumulate_dtype(dtype)
     n = jnp.asarray(n, jnp.int32)
-    chunk, Q, h, sim, sep = shape.chunk, shape.queries, shape.heads, shape.similarity, shape.separation
-    key, draw, scale = pair_source(shape, seed, table)
-    auto = shape.steps > 1
-    noise_std = jnp.asarray(noise, dtype) * scale
-    beta, degree = knobs.beta.astype(dtype), knobs.degree.astype(dtype)
+    chunk, Q, h = f.chunk, f.queries, f.heads
+    sim, sep = attention.SIMILARITY_REGISTRY[f.similarity], attention.SEPARATION_REGISTRY[f.separation]
+    stream = streams.open_stream(seed, d=f.d, dv=f.dv, patterns=f.patterns, chunk=chunk, dtype=dtype, table=table)
+    auto = f.steps > 1
+    noise_std = jnp.asarray(noise, dtype) * stream.scale
+    sep_knobs = attention.Knobs(knobs.beta.astype(dtype), knobs.degree.astype(dtype))
 
+    def only_valid(j, keys, values):
+        values = keys if auto else values
+        valid = streams.valid_rows(j, chunk, n)
+        return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
+
+    pairs = lambda j: only_valid(j, *stream.pairs(j))
+    # The first attention pass draws every chunk and keeps the first ones; later passes read them.
+    kept_pairs = lambda j, cache: only_valid(j, *streams.read_or_draw(stream, cache, j))
+
+    # Loop 1: the queries, the first m = min(n, Q) pairs (corrupted), and their true values.
     m = jnp.minimum(n, Q)
-    lead = (m + chunk - 1) // chunk
     lead_max = -(-Q // chunk)
-    num_chunks = (n + chunk - 1) // chunk
-    base_steps = -(-BASELINE_PAIRS // (chunk // 2))
 
-    def pairs(j, noisy):
-        keys, values, eps = draw(j, noisy)
-        values = keys if auto else values
-        valid = j * chunk + jnp.arange(chunk) < n
-        return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), eps, valid
-
-    # Loop 1: the query sample (first m pairs, corrupted), then the random-baseline pairs.
-    def sample_body(t, carry):
-        qbuf, vbuf, base_cos, base_dist = carry
-        is_base = t >= lead
-        index = jnp.where(is_base, patterns.BASELINE_CHUNKS_FROM + t - lead, t)
-        keys, values, eps = draw(index, shape.noisy)
-        values = keys if auto else values
-        valid = ~is_base & (t * chunk + jnp.arange(chunk) < n)
-        queries = keys + noise_std * eps
-        if shape.masked:
-            queries = queries * patterns.query_mask(key, index, knobs.mask, chunk=chunk, d=shape.d, dtype=dtype)
+    def take(j, bufs):
+        keys, values, valid = pairs(j)
+        queries = streams.queries_of(stream, j, keys, noise_std, knobs.mask, noisy=f.noisy, masked=f.masked)
         queries = jnp.where(valid[:, None], queries, 0)
-        at = jnp.minimum(t, lead_max - 1) * chunk
-        qbuf = jnp.where(is_base, qbuf, lax.dynamic_update_slice_in_dim(qbuf, queries, at, 0))
-        vbuf = jnp.where(is_base, vbuf, lax.dynamic_update_slice_in_dim(vbuf, jnp.where(valid[:, None], values, 0), at, 0))
-        cos, dist = baseline_sums(values, acc_dtype)
-        return (qbuf, vbuf, base_cos + jnp.where(is_base, cos, 0), base_dist + jnp.where(is_base, dist, 0))
+        return tuple(lax.dynamic_update_slice_in_dim(buf, x, j * chunk, 0) for buf, x in zip(bufs, (queries, values)))
 
-    zero = jnp.zeros((), acc_dtype)
-    qbuf, vbuf, base_cos, base_dist = lax.fori_loop(
-        0, lead + base_steps, sample_body,
-        (jnp.zeros((lead_max * chunk, shape.d), dtype), jnp.zeros((lead_max * chunk, shape.dv), dtype), zero, zero))
+    qbuf, vbuf = lax.fori_loop(0, (m + chunk - 1) // chunk, take,
+                               (jnp.zeros((lead_max * chunk, f.d), dtype), jnp.zeros((lead_max * chunk, f.dv), dtype)))
     queries, true_values = qbuf[:Q], vbuf[:Q]
+    num_chunks = (n + chunk - 1) // chunk
 
     # Loops 2..steps+1: one attention pass over the whole memory per update.
-    for _ in range(shape.steps):
-        qh = attention.prepare(attention.split_heads(queries, h), sim)
+    for step in range(f.steps):
+        qh = sim.prepare(attention.split_heads(queries, h))
 
-        def attend_body(j, state, qh=qh):
-            keys, values, _, valid = pairs(j, False)
-            kh = attention.prepare(attention.split_heads(keys, h), sim)
-            return attention.online_update(sep, state, attention.block_scores(qh, kh, sim),
-                                           attention.split_heads(values, h), valid, beta, degree)
+        def attend(j, carry, qh=qh, first=step == 0):
+            state, cache = carry
+            if first:
+                keys, values, cache = streams.draw_and_keep(stream, cache, j)
+                keys, values, valid = only_valid(j, keys, values)
+            else:
+                keys, values, valid = kept_pairs(j, cache)
+            kh = sim.prepare(attention.split_heads(keys, h))
+            return sep.update(state, sim.scores(qh, kh), attention.split_heads(values, h), valid, sep_knobs), cache
 
-        state = lax.fori_loop(0, num_chunks, attend_body,
-                              attention.online_init(sep, h, Q, shape.dv // h, shape.k, dtype))
-        queries = attention.merge_heads(attention.online_result(sep, state, beta))
+        state, cache = lax.fori_loop(0, num_chunks, attend, (sep.init(h, Q, f.dv // h, f.k, dtype), cache))
+        queries = attention.merge_heads(sep.result(state, sep_knobs))
     recalled = queries
 
-    # Last loop: the nearest other stored value of each recalled one.
-    r2 = jnp.sum(recalled * recalled, axis=1)
-    rows = jnp.arange(Q)
+    # The nearest other stored value of each recalled one.
+    r2 = metrics.row_dot(recalled, recalled)
 
-    def nearest_body(j, nearest):
-        _, values, _, valid = pairs(j, False)
-        d2 = r2[:, None] + jnp.sum(values**2, axis=1)[None, :] - 2 * (recalled @ values.T)
-        cols = j * chunk + jnp.arange(chunk)
-        other = valid[None, :] & (cols[None, :] != rows[:, None])
-        return jnp.minimum(nearest, jnp.min(jnp.where(other, d2, jnp.inf), axis=1))
+    def scan(j, nearest):
+        _, values, valid = kept_pairs(j, cache)
+        return metrics.nearest_other(nearest, recalled, r2, values, valid, j * chunk)
 
-    nearest = lax.fori_loop(0, num_chunks, nearest_body, jnp.full((Q,), jnp.inf, dtype))
-    # The same formula as for the others, so exact recall never loses a tie to rounding.
-    own = r2 + jnp.sum(true_values**2, axis=1) - 2 * jnp.sum(recalled * true_values, axis=1)
+    nearest = lax.fori_loop(0, num_chunks, scan, jnp.full((Q,), jnp.inf, dtype))
+    own = metrics.squared_distance_to_own(recalled, true_values)
 
-    in_sample = rows < m
-    cos, dist = row_cos_dist(recalled, true_values, acc_dtype)
-    count = m.astype(acc_dtype)
-    mean = jnp.sum(jnp.where(in_sample, cos, 0)) / count
-    spread = jnp.sqrt(jnp.sum(jnp.where(in_sample, (cos - mean) ** 2, 0)) / count)
+    in_sample = jnp.arange(Q) < m
+    cos, dist = metrics.row_cos_dist(recalled, true_values, wide)
+    moments = metrics.Moments.zero(wide).add(cos, dist, in_sample.astype(wide))
     bad = ~jnp.all(jnp.where(in_sample[:, None], jnp.isfinite(recalled), True))
-    nan_if_bad = lambda x: jnp.where(bad, jnp.nan, x)
-    hits = jnp.sum(in_sample & (own < nearest))
-    base_pairs = base_steps * (chunk // 2)
-    return CellMetrics(
-        cos_mean=nan_if_bad(mean), cos_std=nan_if_bad(spread),
-        dist_mean=nan_if_bad(jnp.sum(jnp.where(in_sample, dist, 0)) / count),
-        acc=nan_if_bad(hits.astype(acc_dtype) / count), acc_queries=m,
-        baseline_cos=base_cos / base_pairs, baseline_dist=base_dist / base_pairs,
-        method=jnp.zeros((), jnp.int32), solved=jnp.ones((), bool))
+    out = metrics.finish(moments, jnp.sum(in_sample & (own < nearest)), m, metrics.baseline(stream, wide), bad=bad,
+                         method=0, solved=True, wide=wide)
+    return out, cache
 
 
 def attention_flops(n: int, d: int, dv: int, queries: int, steps: int = 1) -> float:

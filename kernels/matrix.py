@@ -29,18 +29,18 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-RULES = ("pinv", "hebbian", "ridge", "delta")
+from kernels.metrics import accumulate_dtype
+
 METHODS = ("gram64", "qr32")
 # How each cell's solve went, stored per row (see METHOD_NAMES).
 PRIMAL, DUAL, EIGH, QR, DIRECT = 0, 1, 2, 3, 4
 METHOD_NAMES = ("gram64-cholesky", "gram64-dual-cholesky", "gram64-eigh", "qr32", "direct")
-# Below this n/d ratio K is ill conditioned enough that Gram and recall run in float64.
+# Between d / PRECISE_RATIO^2 and PRECISE_RATIO d pairs, K is ill conditioned enough that Gram
+# and recall run in float64 (see is_precise).
 PRECISE_RATIO = 4
 # A Cholesky pivot below this fraction of the largest diagonal means K is rank deficient.
 _PIVOT_FLOOR = 1e-12
 DELTA_BLOCK = 64
-
-ChunkSource = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 
 
 class Params(NamedTuple):
@@ -56,33 +56,25 @@ class Params(NamedTuple):
 
 
 class Written(NamedTuple):
-    """A written memory. W: (d, dv), in the accumulation dtype for pinv and ridge; ok: solve succeeded (else fall back to eigh);
-    method: index into METHOD_NAMES; gram: (d, d) and cross: (d, dv), kept for the fallback."""
+    """A written memory. W: (d, dv), in the accumulation dtype for pinv and ridge; ok: the
+    solve succeeded (else fall back to eigh); method: index into METHOD_NAMES; gram (d, d)
+    and cross (d, dv): kept for the fallback (None for rules that do not solve)."""
 
     W: jax.Array
     ok: jax.Array
     method: jax.Array
-    gram: jax.Array
-    cross: jax.Array
+    gram: jax.Array | None = None
+    cross: jax.Array | None = None
 
 
-def default_method() -> str:
-    """gram64 where float64 exists (CPU, GPU with x64 on), else qr32 (TPU)."""
-    return "gram64" if jax.config.jax_enable_x64 and jax.default_backend() != "tpu" else "qr32"
+class First(NamedTuple):
+    """The first pairs as stored: keys (rows, d), values (rows, dv), valid (rows,) (rows at
+    or beyond n may hold anything: valid says which count). The dual solve reads the first
+    d of them."""
 
-
-def accumulate_dtype(dtype) -> jnp.dtype:
-    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(dtype)
-
-
-def is_precise(rule: str, n, d: int):
-    """Whether K is ill conditioned enough that this rule needs float64 Gram and recall."""
-    return jnp.logical_and(rule in ("pinv", "ridge"), n < PRECISE_RATIO * d)
-
-
-# ---------------------------------------------------------------------------------------
-# The write as a fold: init -> update(chunk) for every chunk (and pass) -> finalize. The sweep
-# drives these three from its single loop; ``write`` drives them over any chunk source.
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array
 
 
 class Writer(NamedTuple):
@@ -96,117 +88,159 @@ class Writer(NamedTuple):
     method: str = "gram64"
 
     @property
-    def acc(self) -> jnp.dtype:
+    def wide(self) -> jnp.dtype:
         return accumulate_dtype(self.dtype)
 
     @property
-    def stash(self) -> int:
-        """Chunks kept as they are: the first d pairs, all of them when n < d (dual solve)."""
-        return -(-self.d // self.chunk) if self.rule == "pinv" and self.method == "gram64" else 0
-
-    @property
     def uses_qr(self) -> bool:
-        return self.method == "qr32" and self.rule in ("pinv", "ridge")
+        return self.method == "qr32" and RULES[self.rule].least_squares
 
     @property
     def can_fall_back(self) -> bool:
         """Whether a failed Cholesky can be redone by ``eigh_fallback`` (the Gram methods)."""
-        return self.rule in ("pinv", "ridge") and not self.uses_qr
+        return RULES[self.rule].least_squares and not self.uses_qr
 
-    def passes(self, params: Params):
-        return params.passes if self.rule == "delta" else 1
-
-
-class WriteState(NamedTuple):
-    """What the fold carries. Fields a rule does not use are (1, 1) placeholders."""
-
-    gram: jax.Array    # (d, d) K^T K, accumulation dtype
-    cross: jax.Array   # (d, dv) K^T V, accumulation dtype
-    W: jax.Array       # (d, dv) running memory of the delta rule
-    R: jax.Array       # (d + dv, d + dv) triangular factor of [K | V] (qr32)
-    first: tuple       # stashed (chunks, chunk, d) keys, (chunks, chunk, dv) values, (chunks, chunk) valid
+    @property
+    def first_rows(self) -> int:
+        """Rows of First that finalize reads: the first d pairs for pinv's dual solve."""
+        return self.d if self.rule == "pinv" and not self.uses_qr else 0
 
 
-def write_init(w: Writer, params: Params) -> WriteState:
-    if w.rule not in RULES:
-        raise ValueError(f"unknown matrix memory {w.rule!r}; use one of {', '.join(RULES)}")
-    if w.method not in METHODS:
-        raise ValueError(f"unknown method {w.method!r}; use one of {', '.join(METHODS)}")
-    d, dv, acc, dtype = w.d, w.dv, w.acc, w.dtype
-    placeholder = jnp.zeros((1, 1), dtype)
-    gram = jnp.zeros((d, d), acc) if w.rule in ("pinv", "ridge") and not w.uses_qr else jnp.zeros((1, 1), acc)
-    cross = jnp.zeros((d, dv), acc) if w.rule != "delta" and not w.uses_qr else jnp.zeros((1, 1), acc)
-    W = jnp.zeros((d, dv), dtype) if w.rule == "delta" else placeholder
+class Rule(NamedTuple):
+    """One write rule: a fold over chunks of pairs, init -> update(chunk)* -> finalize.
+
+    init(w, params) -> state; update(w, state, K (c, d), V (c, dv), precise, params) ->
+    state (rows at or beyond n are zero); finalize(w, state, n, params, first: First) ->
+    Written. knobs: the Params fields it reads. least_squares: solves K W ~ V (so the
+    float64 path, the methods and the fallback apply). write_flops(n, d, dv, passes):
+    analytic floating-point operations of the write (multiply-add = 2)."""
+
+    name: str
+    init: Callable
+    update: Callable
+    finalize: Callable
+    write_flops: Callable[[int, int, int, int], float]
+    knobs: tuple[str, ...] = ()
+    least_squares: bool = False
+
+
+def is_precise(rule: str, n, d: int):
+    """Whether K is ill conditioned enough that this rule needs float64 Gram and recall: a
+    Gaussian K (n, d) has cond(K) = (1 + sqrt(r)) / (1 - sqrt(r)), r = min(n, d) / max(n, d),
+    so cond(K)^2 < 9 outside d / PRECISE_RATIO^2 < n < PRECISE_RATIO d, and float32 suffices
+    there (the dual solve of n < d is float64 whatever this says)."""
+    return RULES[rule].least_squares & (n * PRECISE_RATIO**2 > d) & (n < PRECISE_RATIO * d)
+
+
+def default_method() -> str:
+    """gram64 where float64 exists (CPU, GPU with x64 on), else qr32 (TPU)."""
+    return "gram64" if jax.config.jax_enable_x64 and jax.default_backend() != "tpu" else "qr32"
+
+
+# --- least squares (pinv, ridge): float64 Gram sums and Cholesky, or a streamed float32 QR ----
+
+
+def _ls_init(w: Writer, params: Params):
     if w.uses_qr:
         # Starting from R11 = sqrt(lam) I solves ridge: the QR of K stacked on sqrt(lam) I.
         lam = params.lam if w.rule == "ridge" else 0.0
-        R = jnp.zeros((d + dv, d + dv), dtype).at[:d, :d].set(jnp.sqrt(jnp.asarray(lam, dtype)) * jnp.eye(d, dtype=dtype))
-    else:
-        R = placeholder
-    rows = max(w.stash, 1)
-    first = (jnp.zeros((rows, w.chunk, d), dtype), jnp.zeros((rows, w.chunk, dv), dtype),
-             jnp.zeros((rows, w.chunk), bool))
-    return WriteState(gram, cross, W, R, first)
+        eye = jnp.sqrt(jnp.asarray(lam, w.dtype)) * jnp.eye(w.d, dtype=w.dtype)
+        return jnp.zeros((w.d + w.dv, w.d + w.dv), w.dtype).at[:w.d, :w.d].set(eye)
+    return jnp.zeros((w.d, w.d + w.dv), w.wide)  # [K^T K | K^T V]
 
 
-def write_update(w: Writer, state: WriteState, K, V, valid, j, precise, params: Params) -> WriteState:
-    """Fold chunk number j (keys K (c, d), values V (c, dv), valid (c,)) into the state."""
-    K, V = K.astype(w.dtype), V.astype(w.dtype)
-    acc = w.acc
-    if w.rule == "delta":
-        return state._replace(W=_delta_chunk(state.W, K, V, valid, params.eta, w.dtype))
+def _ls_update(w: Writer, state, K, V, precise, params):
+    KX = jnp.concatenate([K, V], axis=1)
     if w.uses_qr:
-        p = w.d + w.dv
-        stacked = jnp.concatenate([state.R, jnp.concatenate([K, V], axis=1)])
-        return state._replace(R=jnp.linalg.qr(stacked, mode="r")[:p])
-    first = state.first
-    if w.stash:
-        keep = lambda buf, x: lax.dynamic_update_index_in_dim(buf, x, jnp.minimum(j, w.stash - 1), 0)
-        first = lax.cond(j < w.stash, lambda: tuple(keep(b, x) for b, x in zip(first, (K, V, valid))),
-                         lambda: first)
-    if w.rule == "hebbian":
-        return state._replace(cross=state.cross + (K.T @ V).astype(acc))
-    # float32 products are exact in float64; only ill-conditioned K pays for float64 sums.
-    wide = lambda: (K.astype(acc).T @ K.astype(acc), K.astype(acc).T @ V.astype(acc))
-    narrow = lambda: ((K.T @ K).astype(acc), (K.T @ V).astype(acc))
-    g, c = lax.cond(precise, wide, narrow)
-    return state._replace(gram=state.gram + g, cross=state.cross + c, first=first)
+        return jnp.linalg.qr(jnp.concatenate([state, KX]), mode="r")[:w.d + w.dv]
+    wide = w.wide
+    # Gram and cross term in one product K^T [K | V]. float32 products are exact in float64;
+    # only ill-conditioned K pays for float64 sums.
+    return state + lax.cond(precise, lambda: K.astype(wide).T @ KX.astype(wide), lambda: (K.T @ KX).astype(wide))
 
 
-def write_finalize(w: Writer, state: WriteState, n, params: Params) -> Written:
-    gram, cross = state.gram, state.cross
-    if w.rule == "delta":
-        return Written(state.W, jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
+def _pinv_finalize(w: Writer, state, n, params, first: First) -> Written:
     if w.uses_qr:
-        return Written(_qr_solve(state.R, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR), gram, cross)
-    if w.rule == "hebbian":
-        return Written(cross.astype(w.dtype), jnp.bool_(True), jnp.int32(DIRECT), gram, cross)
-    if w.rule == "ridge":
-        W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.acc), cross)
-        return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
+        return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
+    gram, cross = state[:, :w.d], state[:, w.d:]
     W, ok, how = lax.cond(
         n >= w.d,
         lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
-        lambda: (*_dual_solve(*state.first, acc=w.acc), jnp.int32(DUAL)),
+        lambda: (*_dual_solve(first, w.d, w.wide, n), jnp.int32(DUAL)),
     )
     # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
     return Written(W, ok, how, gram, cross)
 
 
-def write(rule: str, source: ChunkSource, n, params: Params, *, d: int, dv: int, chunk: int,
-          dtype, method: str = "gram64") -> Written:
-    """Fold the first n pairs of ``source`` (chunk j -> keys, values, valid) into a memory."""
-    w = Writer(rule, d, dv, chunk, jnp.dtype(dtype), method)
-    num_chunks = (n + chunk - 1) // chunk
-    precise = is_precise(rule, n, d)
+def _ridge_finalize(w: Writer, state, n, params, first: First) -> Written:
+    if w.uses_qr:
+        return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
+    gram, cross = state[:, :w.d], state[:, w.d:]
+    W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.wide), cross)
+    return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
 
-    def body(t, state):
-        j = t % num_chunks
-        K, V, valid = source(j)
-        return write_update(w, state, K, V, valid, j, precise, params)
 
-    state = lax.fori_loop(0, num_chunks * w.passes(params), body, write_init(w, params))
-    return write_finalize(w, state, n, params)
+def _ls_flops(with_dual: bool):
+    def flops(n, d, dv, passes):
+        solve = (n**3 / 3 + 2 * n**2 * d + 2 * n * d * dv) if (with_dual and n < d) else (d**3 / 3 + 2 * d**2 * dv)
+        return 2 * n * d * d + 2 * n * d * dv + solve
+    return flops
+
+
+# --- hebbian: W = K^T V ------------------------------------------------------------------------
+
+
+def _hebbian_update(w: Writer, cross, K, V, precise, params):
+    return cross + (K.T @ V).astype(w.wide)
+
+
+# --- delta rule: pair by pair, a block at a time -------------------------------------------------
+
+
+def _delta_update(w: Writer, W, K, V, precise, params):
+    valid = jnp.any(K != 0, axis=1)  # padding rows are zero and must not move W
+    return _delta_chunk(W, K, V, valid, params.eta, w.dtype)
+
+
+RULES: dict[str, Rule] = {
+    "pinv": Rule("pinv", _ls_init, _ls_update, _pinv_finalize, _ls_flops(with_dual=True), least_squares=True),
+    "hebbian": Rule(
+        "hebbian", lambda w, p: jnp.zeros((w.d, w.dv), w.wide), _hebbian_update,
+        lambda w, cross, n, p, first: Written(cross.astype(w.dtype), jnp.bool_(True), jnp.int32(DIRECT)),
+        lambda n, d, dv, passes: 2 * n * d * dv),
+    "ridge": Rule("ridge", _ls_init, _ls_update, _ridge_finalize, _ls_flops(with_dual=False), knobs=("lam",),
+                  least_squares=True),
+    "delta": Rule(
+        "delta", lambda w, p: jnp.zeros((w.d, w.dv), w.dtype), _delta_update,
+        lambda w, W, n, p, first: Written(W, jnp.bool_(True), jnp.int32(DIRECT)),
+        lambda n, d, dv, passes: passes * (4 * n * d * dv + 2 * n * DELTA_BLOCK * (d + dv)),
+        knobs=("eta", "passes")),
+}
+
+def fold(w: Writer, source: Callable, n, params: Params, carry=None):
+    """Fold the first n pairs into the rule's state, a chunk at a time: source(j, carry) ->
+    (keys (c, d), values (c, dv), rows at or beyond n zeroed; carry). One loop, one
+    random-number call site (inside ``source``). Returns (state, carry)."""
+    if w.rule not in RULES:
+        raise ValueError(f"unknown matrix memory {w.rule!r}; use one of {', '.join(RULES)}")
+    if w.method not in METHODS:
+        raise ValueError(f"unknown method {w.method!r}; use one of {', '.join(METHODS)}")
+    rule = RULES[w.rule]
+    num_chunks = (n + w.chunk - 1) // w.chunk
+    precise = is_precise(w.rule, n, w.d)
+    passes = params.passes if "passes" in rule.knobs else 1
+
+    def body(t, loop):
+        state, carry = loop
+        K, V, carry = source(t % num_chunks, carry)
+        return rule.update(w, state, K.astype(w.dtype), V.astype(w.dtype), precise, params), carry
+
+    return lax.fori_loop(0, num_chunks * passes, body, (rule.init(w, params), carry))
+
+
+def finalize(w: Writer, state, n, params: Params, first: First) -> Written:
+    """The memory from a folded state; ``first`` holds at least the first w.first_rows pairs."""
+    return RULES[w.rule].finalize(w, state, n, params, first)
 
 
 def eigh_fallback(written: Written) -> Written:
@@ -227,18 +261,25 @@ def _cholesky_solve(gram, rhs):
     return cho_solve((factor, True), rhs), ok
 
 
-def _dual_solve(K, V, valid, *, acc):
-    """W = K^T (K K^T)^-1 V for n < d. K: (chunks, chunk, d), V: (chunks, chunk, dv), valid:
-    (chunks, chunk): the stashed first chunks, whose first d rows hold every pair when n < d."""
-    d = K.shape[-1]
-    K = K.reshape(-1, d)[:d].astype(acc)
-    V = V.reshape(-1, V.shape[-1])[:d].astype(acc)
-    padding = ~valid.reshape(-1)[:d]
-    # Padding rows are zero; a unit diagonal there keeps the dual Gram invertible and
-    # leaves the solution untouched (those rows of V are zero).
-    dual = K @ K.T + jnp.diag(padding.astype(acc))
-    A, ok = _cholesky_solve(dual, V)
-    return K.T @ A, ok
+def _dual_solve(first: First, d: int, wide, n):
+    """W = K^T (K K^T)^-1 V for n < d, from the first stored pairs. The dual Gram is solved
+    at the smallest of a few static sizes (d/16, d/4, d) that holds all n pairs, so a small
+    cell does not pay for a d x d float64 solve."""
+    sizes = sorted({d} | ({d // 16, d // 4} if d >= 256 else set()))
+
+    def at(size):
+        def solve():
+            valid = first.valid[:size]
+            K = jnp.where(valid[:, None], first.keys[:size], 0).astype(wide)
+            V = jnp.where(valid[:, None], first.values[:size], 0).astype(wide)
+            # Padding rows are zero; a unit diagonal there keeps the dual Gram invertible and
+            # leaves the solution untouched (those rows of V are zero).
+            A, ok = _cholesky_solve(K @ K.T + jnp.diag((~valid).astype(wide)), V)
+            return K.T @ A, ok
+        return solve
+
+    bucket = sum((n > size).astype(jnp.int32) for size in sizes[:-1]) if len(sizes) > 1 else 0
+    return lax.switch(bucket, [at(size) for size in sizes])
 
 
 def _qr_solve(R, d, dtype):
@@ -279,21 +320,6 @@ def _delta_chunk(W, K, V, valid, eta, dtype):
 # Public API on arrays held in memory: jit-compiled, vmappable over a batch of trials.
 
 
-def _array_source(K, V, chunk):
-    n = K.shape[0]
-    rows = -(-n // chunk) * chunk
-    Kp = jnp.pad(K, ((0, rows - n), (0, 0)))
-    Vp = jnp.pad(V, ((0, rows - n), (0, 0)))
-    valid = jnp.arange(rows) < n
-
-    def source(j):
-        start = j * chunk
-        return (lax.dynamic_slice_in_dim(Kp, start, chunk), lax.dynamic_slice_in_dim(Vp, start, chunk),
-                lax.dynamic_slice_in_dim(valid, start, chunk))
-
-    return source
-
-
 def _write_arrays(rule, K, V, params, method):
     if K.ndim != 2 or V.ndim != 2 or K.shape[0] != V.shape[0]:
         raise ValueError(f"{rule}: expected K (n, d) and V (n, dv) with the same n, got {K.shape} and {V.shape}")
@@ -301,9 +327,15 @@ def _write_arrays(rule, K, V, params, method):
     n, d = K.shape
     chunk = max(1, min(n, 256))
     method = default_method() if method == "auto" else method
-    written = write(rule, _array_source(K.astype(dtype), V.astype(dtype), chunk), n, params,
-                    d=d, dv=V.shape[1], chunk=chunk, dtype=dtype, method=method)
-    if Writer(rule, d, V.shape[1], chunk, dtype, method).can_fall_back:
+    w = Writer(rule, d, V.shape[1], chunk, jnp.dtype(dtype), method)
+    rows = max(-(-n // chunk) * chunk, d)  # whole chunks, and at least the d rows of a dual solve
+    Kp = jnp.pad(K.astype(dtype), ((0, rows - n), (0, 0)))
+    Vp = jnp.pad(V.astype(dtype), ((0, rows - n), (0, 0)))
+    source = lambda j, carry: (lax.dynamic_slice_in_dim(Kp, j * chunk, chunk),
+                               lax.dynamic_slice_in_dim(Vp, j * chunk, chunk), carry)
+    state, _ = fold(w, source, n, params)
+    written = finalize(w, state, n, params, First(Kp, Vp, jnp.arange(rows) < n))
+    if w.can_fall_back:
         written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written))
     return written.W.astype(dtype)
 

@@ -1,0 +1,174 @@
+"""One sweep cell of a matrix memory, batched over seeds: write n streamed pairs, recall
+every stored value from its (optionally corrupted) key, and reduce to metrics, with memory
+independent of n and one compiled program for every n, noise, mask and knob value.
+
+Three loops per seed, each a plain fori_loop with one random-number call site:
+
+1. write: fold every chunk into the memory; keep the first chunks as drawn (the dual solve
+   reads them, and they are the accuracy sample: the first min(n, queries) pairs);
+2. score: redraw every chunk, recall it, fold cosine and distance into running moments, and
+   scan its values for the nearest other value of each sampled recall;
+3. baseline: independent random values for the random baselines.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kernels import matrix, metrics, streams
+
+
+class MatrixFamily(NamedTuple):
+    """Static settings of one compiled program: everything but n, noise, mask and knobs.
+
+    queries: the most stored pairs scored for nearest-neighbour accuracy (the first
+    min(n, queries): pairs are i.i.d., so they are a uniform random sample). noisy / masked:
+    whether queries get noise / zeroed coordinates (the amounts are traced). keep: pairs the
+    cache holds so the score pass reads them instead of drawing them again (at least the
+    first max(queries, d) are always kept). fallback: include the eigenvalue pseudoinverse
+    for rank-deficient keys; it costs compile time, so a sweep compiles it only for a cell
+    whose ``solved`` came back False."""
+
+    rule: str
+    d: int
+    dv: int
+    patterns: str
+    dtype: str = "float32"
+    chunk: int = 512
+    queries: int = 1024
+    method: str = "gram64"
+    noisy: bool = False
+    masked: bool = False
+    keep: int = 0
+    fallback: bool = False
+
+    @property
+    def writer(self) -> matrix.Writer:
+        return matrix.Writer(self.rule, self.d, self.dv, self.chunk, jnp.dtype(self.dtype), self.method)
+
+    @property
+    def kept_chunks(self) -> int:
+        return -(-max(self.keep, self.queries, self.writer.first_rows, 1) // self.chunk)
+
+    def cache(self, seeds: int) -> jax.Array:
+        """A fresh cache buffer for ``seeds`` seeds: (seeds, kept + 1, chunk, d + dv)."""
+        return jnp.zeros((seeds, self.kept_chunks + 1, self.chunk, self.d + self.dv), self.dtype)
+
+
+def run_matrix_cell(family: MatrixFamily, seeds, n, noise, params: matrix.Params, mask=0.0,
+                    table=None) -> metrics.CellMetrics:
+    """seeds: (S,) int32; n: int scalar; noise: relative query noise (std of the added
+    Gaussian in units of a key coordinate's rms); params: traced knobs; mask: fraction of each
+    query's coordinates zeroed (after the noise; read when family.masked); table: (V, t) real
+    vectors when family.patterns is streams.TABLE. Pure and jittable; metrics per seed."""
+    return matrix_cell_program(family)(seeds, family.cache(seeds.shape[0]), n, noise, params, mask, table)[0]
+
+
+def matrix_cell_program(family: MatrixFamily):
+    """The function a sweep compiles: (seeds, cache, n, noise, params, mask[, table]) ->
+    (CellMetrics, cache), the cache buffer (family.cache) passed in and handed back so it
+    can be donated: no allocation per cell."""
+    if family.rule not in matrix.RULES:
+        raise ValueError(f"unknown matrix memory {family.rule!r}; use one of {', '.join(matrix.RULES)}")
+
+    def program(seeds, cache, n, noise, params, mask=0.0, table=None):
+        return jax.vmap(lambda seed, buf: _run_seed(family, seed, buf, n, noise, params, mask, table))(seeds, cache)
+
+    return program
+
+
+def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
+    dtype = jnp.dtype(f.dtype)
+    wide = metrics.accumulate_dtype(dtype)
+    n = jnp.asarray(n, jnp.int32)
+    chunk, Q = f.chunk, f.queries
+    stream = streams.open_stream(seed, d=f.d, dv=f.dv, patterns=f.patterns, chunk=chunk, dtype=dtype, table=table)
+    noise_std = jnp.asarray(noise, dtype) * stream.scale
+    mask = jnp.asarray(mask, dtype)
+    w = f.writer
+
+    def only_valid(j, keys, values):
+        valid = streams.valid_rows(j, chunk, n)[:, None]
+        return jnp.where(valid, keys, 0), jnp.where(valid, values, 0)
+
+    def source(j, cache):
+        keys, values, cache = streams.draw_and_keep(stream, cache, j)
+        return *only_valid(j, keys, values), cache
+
+    # Loop 1: the write. It fills the cache with the first chunks as drawn.
+    state, cache = matrix.fold(w, source, n, params, buffer)
+    # The first rows only (the sample and the dual solve's): slicing the whole cache would copy it.
+    first_chunks = -(-max(Q, w.first_rows, 1) // chunk)
+    head = cache[:first_chunks].reshape(first_chunks * chunk, -1)
+    first = matrix.First(head[:, :f.d], head[:, f.d:], jnp.arange(first_chunks * chunk) < n)
+    written = matrix.finalize(w, state, n, params, first)
+    if f.fallback and w.can_fall_back:
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written))
+    W = written.W
+    W_low = W.astype(dtype)  # cast once, outside the loop
+    if matrix.RULES[f.rule].least_squares:
+        precise = matrix.is_precise(f.rule, n, f.d)
+        # float64 products where K is ill conditioned: recall error ~ cond(K) * eps there.
+        recall = lambda queries: lax.cond(precise, lambda: queries.astype(wide) @ W.astype(wide),
+                                          lambda: (queries @ W_low).astype(wide))
+    else:
+        recall = lambda queries: (queries @ W_low).astype(wide)
+
+    # The accuracy sample: the first Q pairs, read from the cache, corrupted as the score loop
+    # corrupts them (the same noise and mask draws of their chunks).
+    lead = -(-Q // chunk)
+    sample_valid = first.valid[:Q, None]
+    sample_keys = jnp.where(sample_valid, first.keys[:Q], 0)
+    true_values = jnp.where(sample_valid, first.values[:Q], 0)
+    if f.noisy:
+        sample_keys = sample_keys + noise_std * jax.vmap(stream.noise)(jnp.arange(lead)).reshape(-1, f.d)[:Q]
+    if f.masked:
+        sample_keys = sample_keys * jax.vmap(lambda j: stream.mask(j, mask))(jnp.arange(lead)).reshape(-1, f.d)[:Q]
+    recalled = recall(sample_keys).astype(dtype)
+    own = metrics.squared_distance_to_own(recalled, true_values)
+    r2 = metrics.row_dot(recalled, recalled)
+
+    # Loop 2: recall and score every chunk (read from the cache where it holds them); scan its
+    # values for each sample's nearest other.
+    def score(j, carry):
+        moments, nearest = carry
+        keys, values = only_valid(j, *streams.read_or_draw(stream, cache, j))
+        valid = streams.valid_rows(j, chunk, n)
+        queries = streams.queries_of(stream, j, keys, noise_std, mask, noisy=f.noisy, masked=f.masked)
+        cos, dist = metrics.row_cos_dist(recall(queries), values, wide)
+        return (moments.add(cos, dist, valid.astype(wide)),
+                metrics.nearest_other(nearest, recalled, r2, values, valid, j * chunk))
+
+    num_chunks = (n + chunk - 1) // chunk
+    moments, nearest = lax.fori_loop(0, num_chunks, score, (metrics.Moments.zero(wide), jnp.full((Q,), jnp.inf, dtype)))
+    m = jnp.minimum(n, Q)
+    hits = jnp.sum((jnp.arange(Q) < m) & (own < nearest))
+
+    # Loop 3: the random baselines.
+    base = metrics.baseline(stream, wide)
+    out = metrics.finish(moments, hits, m, base, bad=~jnp.all(jnp.isfinite(W)), method=written.method,
+                         solved=written.ok, wide=wide)
+    return out, cache
+
+
+def matrix_flops(rule: str, n: int, d: int, dv: int, queries: int, passes: int = 1) -> float:
+    """Analytic floating-point operations of one cell and seed (multiply-add = 2): the write
+    (the rule's own count), recall 2 n d dv, nearest-neighbour scores 2 min(n, queries) n dv."""
+    return float(matrix.RULES[rule].write_flops(n, d, dv, passes) + 2 * n * d * dv + 2 * min(n, queries) * n * dv)
+
+
+def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask=0.0):
+    """The dynamic arguments of run_matrix_cell with the dtypes its compiled program expects,
+    so the same program serves every cell of a family (a Python int would compile as int64
+    under x64)."""
+    dtype = jnp.dtype(family.dtype)
+    if not 0 <= n < 2**31:
+        raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
+    return (jnp.asarray(n, jnp.int32), jnp.asarray(noise, dtype),
+            matrix.Params(jnp.asarray(lam, dtype), jnp.asarray(eta, dtype), jnp.asarray(passes, jnp.int32)),
+            jnp.asarray(mask, dtype))
+

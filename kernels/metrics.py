@@ -1,0 +1,129 @@
+"""The reductions every sweep cell shares: per-row cosine and distance, running moments,
+the nearest-other-value scan of the accuracy metric, random baselines, and the final
+CellMetrics with its NaN guard.
+
+Sums run in the accumulation dtype (float64 where it exists), so rows agree to ~1e-15
+whatever the batch layout (1 device or 4).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kernels import streams
+
+
+class CellMetrics(NamedTuple):
+    """Per seed (leading axis S). cos_*/dist_mean: over the scored pairs (every stored pair
+    of a matrix memory, the queried ones of an attention memory); acc: nearest-neighbour
+    accuracy over acc_queries queried pairs; baseline_*: over BASELINE_PAIRS independent
+    random value pairs; method: index into the cell's method names; solved: the solve
+    succeeded (False: rank-deficient keys, the cell needs the fallback)."""
+
+    cos_mean: jax.Array
+    cos_std: jax.Array
+    dist_mean: jax.Array
+    acc: jax.Array
+    acc_queries: jax.Array
+    baseline_cos: jax.Array
+    baseline_dist: jax.Array
+    method: jax.Array
+    solved: jax.Array
+
+
+def accumulate_dtype(dtype) -> jnp.dtype:
+    """float64 where JAX has it (x64 on), else the array dtype."""
+    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(dtype)
+
+
+def row_dot(A, B):
+    """Per-row dot products (m,) of A and B (m, k). An einsum, not sum(A * B, axis=1): XLA's
+    CPU backend runs a row reduction under vmap an order of magnitude slower than a batched dot."""
+    return jnp.einsum("mk,mk->m", A, B)
+
+
+def row_cos_dist(R, V, wide):
+    """Per-row cosine and euclidean distance between R and V (m, dv), in dtype ``wide``; a
+    zero row has cosine 0."""
+    R, V = R.astype(wide), V.astype(wide)
+    rn, vn = jnp.sqrt(row_dot(R, R)), jnp.sqrt(row_dot(V, V))
+    E = R - V
+    return row_dot(R, V) / jnp.where(rn * vn > 0, rn * vn, 1.0), jnp.sqrt(row_dot(E, E))
+
+
+def squared_distance_to_own(R, V):
+    """|R_i - V_i|^2 by the same Gram identity as ``nearest_other``, so an exact recall never
+    loses a tie to rounding."""
+    return row_dot(R, R) + row_dot(V, V) - 2 * row_dot(R, V)
+
+
+class Moments(NamedTuple):
+    """Running count, mean and sum of squared deviations of the cosine (Chan et al.'s
+    pairwise update: no cancellation), and the sum of distances."""
+
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
+    dist_sum: jax.Array
+
+    @classmethod
+    def zero(cls, wide) -> "Moments":
+        z = jnp.zeros((), wide)
+        return cls(z, z, z, z)
+
+    def add(self, cos, dist, weight) -> "Moments":
+        """Fold in rows with weights 0 (padding) or 1."""
+        keep = weight > 0  # padding rows never poison the sums, even when they hold inf or NaN
+        cos, dist = jnp.where(keep, cos, 0), jnp.where(keep, dist, 0)
+        c_count = jnp.sum(weight)
+        c_mean = jnp.sum(weight * cos) / jnp.maximum(c_count, 1)
+        c_m2 = jnp.sum(jnp.where(keep, weight * (cos - c_mean) ** 2, 0))
+        total = self.count + c_count
+        delta = c_mean - self.mean
+        return Moments(total, self.mean + delta * c_count / jnp.maximum(total, 1),
+                       self.m2 + c_m2 + delta**2 * self.count * c_count / jnp.maximum(total, 1),
+                       self.dist_sum + jnp.sum(weight * dist))
+
+
+def nearest_other(nearest, R, r2, values, valid, first_col):
+    """Fold a chunk of stored values (c, dv) into the running squared distance (m,) from each
+    recalled row R (m, dv) (r2 = its squared norms) to its nearest *other* stored value. Row i
+    is the recall of pair i; the chunk's rows are pairs first_col, first_col + 1, ..."""
+    d2 = r2[:, None] + row_dot(values, values)[None, :] - 2 * (R @ values.T)
+    cols = first_col + jnp.arange(values.shape[0])
+    other = valid[None, :] & (cols[None, :] != jnp.arange(R.shape[0])[:, None])
+    return jnp.minimum(nearest, jnp.min(jnp.where(other, d2, jnp.inf), axis=1))
+
+
+def baseline(stream: streams.Stream, wide):
+    """Mean cosine and distance between independent random values of the stream's
+    distribution: the two halves of BASELINE_PAIRS * 2 / chunk baseline chunks."""
+    half = stream.chunk // 2
+    steps = -(-streams.BASELINE_PAIRS // half)
+
+    def body(t, sums):
+        values = stream.baseline(t)
+        cos, dist = row_cos_dist(values[:half], values[half:], wide)
+        return sums[0] + jnp.sum(cos), sums[1] + jnp.sum(dist)
+
+    zero = jnp.zeros((), wide)
+    cos, dist = lax.fori_loop(0, steps, body, (zero, zero))
+    return cos / (steps * half), dist / (steps * half)
+
+
+def finish(moments: Moments, hits, m, base, *, bad, method, solved, wide) -> CellMetrics:
+    """The cell's metrics; every recall metric is NaN when ``bad`` (overflow, a singular solve)."""
+    nan_if_bad = lambda x: jnp.where(bad, jnp.nan, x)
+    count = jnp.maximum(moments.count, 1)
+    return CellMetrics(
+        cos_mean=nan_if_bad(moments.mean),
+        cos_std=nan_if_bad(jnp.sqrt(moments.m2 / count)),
+        dist_mean=nan_if_bad(moments.dist_sum / count),
+        acc=nan_if_bad(hits.astype(wide) / jnp.maximum(m, 1)),
+        acc_queries=m,
+        baseline_cos=base[0], baseline_dist=base[1],
+        method=jnp.asarray(method, jnp.int32), solved=jnp.asarray(solved, bool))
