@@ -205,7 +205,10 @@ def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
             f = family(cell)
             probe = dataclasses.replace(cell, n=max(cell.n, 1))
             if estimate_bytes(f, per_device) <= (available or math.inf):
-                programs.prefetch(f, cell_args(probe, f, mesh))
+                try:
+                    programs.prefetch(f, cell_args(probe, f, mesh))
+                except Exception:  # noqa: BLE001 - the cell itself will record what went wrong
+                    continue
     done = store.finished_cells(run_dir)
     show = sys.stderr.isatty() if progress is None else progress
     # Runs written before cell ids hashed every setting name their parts by Cell.legacy_id.

@@ -18,7 +18,7 @@ configure_jax()
 import jax.numpy as jnp  # noqa: E402
 
 import kernels  # noqa: E402
-from kernels import patterns  # noqa: E402
+from kernels import streams  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,21 +32,23 @@ TOLERANCE = {"float32": {"cos": 1e-4, "dist_rel": 1e-3, "dist_base": 1e-4},
              "float64": {"cos": 1e-10, "dist_rel": 1e-8, "dist_base": 1e-10}}
 
 
-def materialize(seed: int, n: int, shape: kernels.CellShape):
-    """The exact pairs and query noise a cell streams, as float64 NumPy arrays."""
-    key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
-    chunks = [patterns.chunk_of_pairs(key, jnp.int32(j), n, chunk=shape.chunk, d=shape.d, dv=shape.dv,
-                                      dist=shape.dist, dtype=jnp.dtype(shape.dtype), noisy=True)
-              for j in range(-(-n // shape.chunk))]
-    cat = lambda f: np.concatenate([np.asarray(getattr(c, f), np.float64) for c in chunks])[:n]
-    return cat("keys"), cat("values"), cat("noise")
+def materialize(seed: int, n: int, family, table=None):
+    """The exact pairs and standard normal query noise a cell streams (keys, values, noise),
+    as float64 NumPy arrays. family: any family (d, dv, patterns, chunk, dtype)."""
+    stream = streams.open_stream(seed, d=family.d, dv=family.dv, patterns=family.patterns, chunk=family.chunk,
+                                 dtype=family.dtype, table=table)
+    chunks = range(-(-n // family.chunk))
+    cat = lambda xs: np.concatenate([np.asarray(x, np.float64) for x in xs])[:n]
+    pairs = [stream.pairs(jnp.int32(j)) for j in chunks]
+    return cat(p[0] for p in pairs), cat(p[1] for p in pairs), cat(stream.noise(jnp.int32(j)) for j in chunks)
 
 
-def materialize_mask(seed: int, n: int, shape, fraction: float):
-    """The 0/1 query masks a cell applies (patterns.query_mask of every chunk), float64."""
-    key = patterns.stream_key(seed, shape.d, shape.dv, shape.dist)
-    masks = [patterns.query_mask(key, jnp.int32(j), jnp.asarray(fraction, jnp.dtype(shape.dtype)), chunk=shape.chunk,
-                                 d=shape.d, dtype=jnp.dtype(shape.dtype)) for j in range(-(-n // shape.chunk))]
+def materialize_mask(seed: int, n: int, family, fraction: float):
+    """The 0/1 query masks a cell applies (stream.mask of every chunk), float64."""
+    stream = streams.open_stream(seed, d=family.d, dv=family.dv, patterns=family.patterns, chunk=family.chunk,
+                                 dtype=family.dtype)
+    masks = [stream.mask(jnp.int32(j), jnp.asarray(fraction, jnp.dtype(family.dtype)))
+             for j in range(-(-n // family.chunk))]
     return np.concatenate([np.asarray(m, np.float64) for m in masks])[:n]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import kernels
 from bench import theory
-from kernels.patterns import query_mask
+from kernels import streams
 from tests.conftest import materialize
 from tests.test_attention import _reference
 
@@ -26,7 +26,7 @@ def _cell(shape, n, **knobs):
 
 
 def _shape(sim="dot", sep="softmax", d=16, dist="gaussian", **kw):
-    return kernels.AttentionShape(sim, sep, d, kw.pop("dv", d), dist, chunk=kw.pop("chunk", 64),
+    return kernels.AttentionFamily(sim, sep, d, kw.pop("dv", d), dist, chunk=kw.pop("chunk", 64),
                                   queries=kw.pop("queries", 48), **kw)
 
 
@@ -61,9 +61,9 @@ def test_linear_attention_is_the_hebbian_memory(n):
     """identity separation over dot scores: sum_j (q . k_j) v_j = q K^T V, on the same pairs."""
     d = 32
     chunk = kernels.default_chunk(d, d)
-    att = _cell(kernels.AttentionShape("dot", "identity", d, d, "gaussian", chunk=chunk, queries=1024), n)
-    shape = kernels.CellShape("hebbian", d, d, "gaussian", chunk=chunk)
-    heb = jax.jit(partial(kernels.run_cell, shape))(SEEDS, *kernels.cell_args(shape, n, 0.0))
+    att = _cell(kernels.AttentionFamily("dot", "identity", d, d, "gaussian", chunk=chunk, queries=1024), n)
+    shape = kernels.MatrixFamily("hebbian", d, d, "gaussian", chunk=chunk)
+    heb = jax.jit(partial(kernels.run_matrix_cell, shape))(SEEDS, *kernels.matrix_args(shape, n, 0.0))
     np.testing.assert_allclose(att["cos_mean"], np.asarray(heb.cos_mean), rtol=1e-5)
     np.testing.assert_allclose(att["acc"], np.asarray(heb.acc))
     np.testing.assert_allclose(att["baseline_cos"], np.asarray(heb.baseline_cos))
@@ -74,7 +74,7 @@ def test_linear_attention_is_the_hebbian_memory(n):
                                                  ("cosine", "gaussian", 32, 6.0, (1024, 4096))])
 def test_softmax_recall_follows_the_mean_field_theory(sim, dist, d, beta, ns):
     """Where the sum over the other keys concentrates (n - 1 >= exp(4 beta^2 sigma^2))."""
-    shape = kernels.AttentionShape(sim, "softmax", d, d, dist, chunk=kernels.default_chunk(d, d), queries=1024)
+    shape = kernels.AttentionFamily(sim, "softmax", d, d, dist, chunk=kernels.default_chunk(d, d), queries=1024)
     measured = [float(_cell(shape, n, beta=beta)["cos_mean"].mean()) for n in ns]
     predicted = [theory.softmax_cos(d, n, beta, sim, dist) for n in ns]
     assert all(np.isfinite(predicted))
@@ -99,8 +99,8 @@ def test_max_with_euclidean_recalls_every_stored_value_exactly():
 def test_mask_zeroes_the_exact_fraction_of_coordinates():
     shape = _shape(masked=True)
     for fraction in (0.0, 0.25, 0.5, 0.9):
-        mask = np.asarray(query_mask(jax.random.key(0), 3, jnp.float32(fraction), chunk=shape.chunk, d=shape.d,
-                                     dtype=jnp.float32))
+        mask = np.asarray(streams.query_mask(jax.random.key(0), 3, jnp.float32(fraction), chunk=shape.chunk,
+                                             d=shape.d, dtype=jnp.float32))
         assert set(np.unique(mask)) <= {0.0, 1.0}
         np.testing.assert_array_equal((mask == 0).sum(axis=1), round(fraction * shape.d))
     # The zeroed coordinates differ between rows (not one fixed set).

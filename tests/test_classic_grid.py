@@ -32,8 +32,8 @@ def _reference(K, V, sample=1024):
 @pytest.mark.slow
 @pytest.mark.parametrize("d", D)
 def test_every_classic_cell_matches_float64_numpy(d):
-    shape = kernels.CellShape("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
-    fn = jax.jit(lambda n: kernels.run_cell(shape, jax.numpy.zeros(1, jax.numpy.int32), *kernels.cell_args(shape, n, 0.0)))
+    shape = kernels.MatrixFamily("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
+    fn = jax.jit(lambda n: kernels.run_matrix_cell(shape, jax.numpy.zeros(1, jax.numpy.int32), *kernels.matrix_args(shape, n, 0.0)))
     tol = TOLERANCE["float32"]
     base = theory.baseline_dist(d)
     K_all, V_all, _ = materialize(0, N[-1], shape)

@@ -84,12 +84,12 @@ from bench.environment import configure_jax
 configure_jax()
 import jax, jax.numpy as jnp, kernels
 d, n = 1024, 2**20
-shape = kernels.CellShape("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
+shape = kernels.MatrixFamily("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
 seeds = jnp.arange(1, dtype=jnp.int32)
 t0 = time.perf_counter()
-compiled = jax.jit(partial(kernels.run_cell, shape)).lower(seeds, *kernels.cell_args(shape, 4, 0.0)).compile()
+compiled = jax.jit(partial(kernels.run_matrix_cell, shape)).lower(seeds, *kernels.matrix_args(shape, 4, 0.0)).compile()
 t1 = time.perf_counter()
-out = jax.block_until_ready(compiled(seeds, *kernels.cell_args(shape, n, 0.0)))
+out = jax.block_until_ready(compiled(seeds, *kernels.matrix_args(shape, n, 0.0)))
 t2 = time.perf_counter()
 # VmHWM is this process's own peak; ru_maxrss would carry over the peak of the process that
 # forked us (Linux keeps it across exec), i.e. pytest's.
@@ -97,7 +97,7 @@ try:
     peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 except (OSError, StopIteration):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"compile_s": t1 - t0, "run_s": t2 - t1, "flops": kernels.flops("pinv", n, d, d, 1024),
+print(json.dumps({"compile_s": t1 - t0, "run_s": t2 - t1, "flops": kernels.matrix_flops("pinv", n, d, d, 1024),
                   "cos_mean": float(out.cos_mean[0]), "theory": (d / n) ** 0.5, "peak_rss_gib": peak_kib / 2**20}))
 """
 

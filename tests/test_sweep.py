@@ -18,14 +18,14 @@ def _run(spec: SweepSpec, tmp_path):
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real = kernels.cell_args
+    real = sweep.cell_args
 
-    def broken(shape, n, *args):
-        if n == 8:
+    def broken(cell, family, mesh):
+        if cell.n == 8:
             raise RuntimeError("synthetic failure at n = 8")
-        return real(shape, n, *args)
+        return real(cell, family, mesh)
 
-    monkeypatch.setattr(kernels, "cell_args", broken)
+    monkeypatch.setattr(sweep, "cell_args", broken)
     df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 8, 16), seeds=2), tmp_path)
     assert list(df["status"]) == ["ok", "ok", "error", "error", "ok", "ok"]
     assert df.loc[df.n == 8, "error"].str.contains("synthetic failure").all()

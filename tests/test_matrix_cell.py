@@ -15,11 +15,11 @@ from tests.conftest import TOLERANCE, materialize, materialize_mask, reference_m
 
 
 def _cell(rule, d, n, noise=0.0, seeds=2, dist="gaussian", dtype="float32", lam=1.0, eta=1.0, passes=1, chunk=None,
-          sample=1024, method="gram64"):
-    shape = kernels.CellShape(rule, d, d, dist, dtype=dtype, chunk=chunk or kernels.default_chunk(d, d), sample=sample,
+          queries=1024, method="gram64"):
+    shape = kernels.MatrixFamily(rule, d, d, dist, dtype=dtype, chunk=chunk or kernels.default_chunk(d, d), queries=queries,
                               method=method, noisy=noise > 0)
-    out = kernels.run_cell(shape, jax.numpy.arange(seeds, dtype=jax.numpy.int32),
-                           *kernels.cell_args(shape, n, noise, lam, eta, passes))
+    out = kernels.run_matrix_cell(shape, jax.numpy.arange(seeds, dtype=jax.numpy.int32),
+                           *kernels.matrix_args(shape, n, noise, lam, eta, passes))
     return shape, {k: np.asarray(v) for k, v in out._asdict().items()}
 
 
@@ -34,7 +34,7 @@ CASES = [  # (rule, d, n, noise): n < d, n = d (worst conditioned), n > d, n = 1
 
 @pytest.mark.parametrize("rule,d,n,noise", CASES)
 def test_cell_metrics_match_float64_numpy_on_the_same_pairs(rule, d, n, noise):
-    shape, got = _cell(rule, d, n, noise, chunk=64, sample=50)
+    shape, got = _cell(rule, d, n, noise, chunk=64, queries=50)
     tol = TOLERANCE["float32"]
     for s in range(2):
         K, V, E = materialize(s, n, shape)
@@ -55,9 +55,9 @@ def test_cell_metrics_match_float64_numpy_on_the_same_pairs(rule, d, n, noise):
 @pytest.mark.parametrize("rule,n,mask", [("pinv", 20, 0.25), ("hebbian", 100, 0.5), ("ridge", 300, 0.1)])
 def test_masked_queries_match_numpy(rule, n, mask):
     d = 32
-    shape = kernels.CellShape(rule, d, d, "gaussian", chunk=64, sample=50, noisy=True, masked=True)
-    out = kernels.run_cell(shape, jax.numpy.arange(2, dtype=jax.numpy.int32),
-                           *kernels.cell_args(shape, n, 0.1, 1.0, mask=mask))
+    shape = kernels.MatrixFamily(rule, d, d, "gaussian", chunk=64, queries=50, noisy=True, masked=True)
+    out = kernels.run_matrix_cell(shape, jax.numpy.arange(2, dtype=jax.numpy.int32),
+                           *kernels.matrix_args(shape, n, 0.1, 1.0, mask=mask))
     for s in range(2):
         K, V, E = materialize(s, n, shape)
         M = materialize_mask(s, n, shape, mask)
@@ -65,7 +65,7 @@ def test_masked_queries_match_numpy(rule, n, mask):
         ref = reference_metrics(K, V, E, reference_write(rule, K, V), 0.1, sample=50, mask=M)
         assert abs(float(out.cos_mean[s]) - ref["cos_mean"]) <= TOLERANCE["float32"]["cos"]
         assert float(out.acc[s]) == pytest.approx(ref["acc"], abs=1.5 / 50)
-    unmasked = _cell(rule, d, n, 0.1, chunk=64, sample=50)[1]
+    unmasked = _cell(rule, d, n, 0.1, chunk=64, queries=50)[1]
     assert float(out.cos_mean.mean()) < unmasked["cos_mean"].mean()  # zeroing coordinates costs recall
 
 
@@ -81,12 +81,12 @@ def test_method_is_recorded(method):
 @pytest.mark.parametrize("d,n", [(2, 2), (2, 5), (4, 3)])
 def test_rank_deficient_binary_keys_need_and_get_the_fallback(d, n):
     # Random +-1 keys in 2 or 4 dimensions repeat (up to sign) often: K is rank deficient.
-    shape = kernels.CellShape("pinv", d, d, "binary", chunk=64, sample=64)
+    shape = kernels.MatrixFamily("pinv", d, d, "binary", chunk=64, queries=64)
     seeds = jax.numpy.arange(8, dtype=jax.numpy.int32)
-    args = kernels.cell_args(shape, n, 0.0)
-    plain = kernels.run_cell(shape, seeds, *args)
+    args = kernels.matrix_args(shape, n, 0.0)
+    plain = kernels.run_matrix_cell(shape, seeds, *args)
     assert not np.all(np.asarray(plain.solved))
-    fixed = kernels.run_cell(shape._replace(fallback=True), seeds, *args)
+    fixed = kernels.run_matrix_cell(shape._replace(fallback=True), seeds, *args)
     assert np.all(np.asarray(fixed.solved)) and np.all(np.isfinite(np.asarray(fixed.cos_mean)))
     for s in range(8):
         K, V, E = materialize(s, n, shape)
@@ -99,7 +99,7 @@ def test_rank_deficient_binary_keys_need_and_get_the_fallback(d, n):
                                       ("hebbian", 64, 128), ("hebbian", 64, 1024), ("hebbian", 128, 512),
                                       ("ridge", 64, 256)])
 def test_measured_curves_follow_theory(rule, d, n):
-    _, got = _cell(rule, d, n, seeds=3, sample=16, lam=10.0)
+    _, got = _cell(rule, d, n, seeds=3, queries=16, lam=10.0)
     expected = theory.theory_cos(rule, d, n, 0.0, lam=10.0)
     assert abs(got["cos_mean"].mean() - expected) < 0.01, (got["cos_mean"].mean(), expected)
 
@@ -107,43 +107,43 @@ def test_measured_curves_follow_theory(rule, d, n):
 @pytest.mark.parametrize("noise", [0.1, 0.3])
 def test_noisy_pinv_follows_theory_away_from_n_equals_d(noise):
     for n in (16, 256):
-        _, got = _cell("pinv", 64, n, noise, seeds=3, sample=16)
+        _, got = _cell("pinv", 64, n, noise, seeds=3, queries=16)
         assert abs(got["cos_mean"].mean() - theory.theory_cos("pinv", 64, n, noise)) < 0.02
 
 
 def test_pinv_noise_peak_at_n_equals_d_is_visible():
-    dist = {n: _cell("pinv", 64, n, 0.1, seeds=3, sample=16)[1]["dist_mean"].mean() for n in (32, 64, 128)}
+    dist = {n: _cell("pinv", 64, n, 0.1, seeds=3, queries=16)[1]["dist_mean"].mean() for n in (32, 64, 128)}
     assert dist[64] > 2 * dist[32] and dist[64] > 1.2 * dist[128], dist
 
 
 def test_baselines_match_their_analytic_values():
     for dist in ("gaussian", "sphere", "binary"):
-        _, got = _cell("hebbian", 64, 8, dist=dist, sample=8)
+        _, got = _cell("hebbian", 64, 8, dist=dist, queries=8)
         assert abs(got["baseline_cos"].mean()) < 0.02
         assert got["baseline_dist"].mean() == pytest.approx(theory.baseline_dist(64, dist), rel=0.01)
 
 
 def test_one_compiled_program_serves_every_n_noise_and_knob():
-    shape = kernels.CellShape("ridge", 32, 32, "gaussian", chunk=64, sample=32, noisy=True)
+    shape = kernels.MatrixFamily("ridge", 32, 32, "gaussian", chunk=64, queries=32, noisy=True)
     traces = []
 
     def counted(*args):
         traces.append(1)
-        return kernels.run_cell(shape, *args)
+        return kernels.run_matrix_cell(shape, *args)
 
     fn = jax.jit(counted)
     seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
     for n, noise, lam in [(4, 0.0, 1.0), (100, 0.0, 1.0), (1000, 0.2, 3.0)]:
-        jax.block_until_ready(fn(seeds, *kernels.cell_args(shape, n, noise, lam)))
+        jax.block_until_ready(fn(seeds, *kernels.matrix_args(shape, n, noise, lam)))
     assert len(traces) == 1
 
 
 def test_memory_is_bounded_independently_of_n():
     # The compiled program of the d = 1024 family is the one that runs n = 2^20: its temporaries
     # are what the cell needs, whatever n is.
-    shape = kernels.CellShape("pinv", 1024, 1024, "gaussian", chunk=kernels.default_chunk(1024, 1024))
+    shape = kernels.MatrixFamily("pinv", 1024, 1024, "gaussian", chunk=kernels.default_chunk(1024, 1024))
     seeds = jax.numpy.arange(1, dtype=jax.numpy.int32)
-    compiled = jax.jit(partial(kernels.run_cell, shape)).lower(seeds, *kernels.cell_args(shape, 4, 0.0)).compile()
+    compiled = jax.jit(partial(kernels.run_matrix_cell, shape)).lower(seeds, *kernels.matrix_args(shape, 4, 0.0)).compile()
     stats = compiled.memory_analysis()
     total = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
     assert total < 0.5 * 2**30, total / 2**30
@@ -151,7 +151,7 @@ def test_memory_is_bounded_independently_of_n():
 
 def test_same_seed_same_numbers_and_nested_n():
     # Pairs do not depend on n: the first 10 pairs of n = 10 and n = 300 are the same.
-    shape = kernels.CellShape("pinv", 8, 8, "gaussian", chunk=64)
+    shape = kernels.MatrixFamily("pinv", 8, 8, "gaussian", chunk=64)
     K10, _, _ = materialize(0, 10, shape)
     K300, _, _ = materialize(0, 300, shape)
     np.testing.assert_array_equal(K10, K300[:10])
@@ -161,33 +161,28 @@ def test_same_seed_same_numbers_and_nested_n():
 
 
 def test_float64_cells_match_numpy_tightly():
-    shape, got = _cell("pinv", 32, 32, dtype="float64", chunk=64, sample=32)
+    shape, got = _cell("pinv", 32, 32, dtype="float64", chunk=64, queries=32)
     K, V, E = materialize(0, 32, shape)
     ref = reference_metrics(K, V, E, np.linalg.lstsq(K, V, rcond=None)[0], 0.0, 32)
     assert abs(got["cos_mean"][0] - ref["cos_mean"]) < 1e-10
 
 
 def test_flops_count_the_big_terms():
-    assert kernels.flops("pinv", 2048, 1024, 1024, 1024) >= 4 * 2 * 2048 * 1024 * 1024
-    assert kernels.flops("hebbian", 100, 10, 10, 50) < kernels.flops("pinv", 100, 10, 10, 50)
+    assert kernels.matrix_flops("pinv", 2048, 1024, 1024, 1024) >= 4 * 2 * 2048 * 1024 * 1024
+    assert kernels.matrix_flops("hebbian", 100, 10, 10, 50) < kernels.matrix_flops("pinv", 100, 10, 10, 50)
 
 
 def test_table_patterns_match_numpy_on_the_same_rows():
     # Pairs drawn from a table of real vectors: distinct rows, the metrics as NumPy computes them.
-    from kernels.cell import _table_draw
-
     table = np.random.default_rng(7).standard_normal((300, 12)).astype(np.float32) + 0.3
-    shape = kernels.CellShape("pinv", 8, 8, kernels.TABLE, chunk=64, sample=40)
+    shape = kernels.MatrixFamily("pinv", 8, 8, kernels.TABLE, chunk=64, queries=40)
     seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
-    got = kernels.run_cell(shape, seeds, *kernels.cell_args(shape, 100, 0.0), jax.numpy.asarray(table))
+    got = kernels.run_matrix_cell(shape, seeds, *kernels.matrix_args(shape, 100, 0.0), jax.numpy.asarray(table))
     for s in range(2):
-        key = jax.random.fold_in(jax.random.key(s), 8 * 65536 + 8)
-        draw = _table_draw(shape, key, jax.numpy.asarray(table), jax.numpy.float32)
-        K = np.concatenate([np.asarray(draw(jax.numpy.int32(j), False)[0], np.float64) for j in range(2)])[:100]
-        V = np.concatenate([np.asarray(draw(jax.numpy.int32(j), False)[1], np.float64) for j in range(2)])[:100]
+        K, V, _ = materialize(s, 100, shape, table=jax.numpy.asarray(table))
         assert len({tuple(r) for r in np.round(np.concatenate([K, V]), 5)}) == 200  # 200 distinct rows
         ref = reference_metrics(K, V, np.zeros_like(K), np.linalg.lstsq(K, V, rcond=None)[0], 0.0, 40)
         assert abs(float(got.cos_mean[s]) - ref["cos_mean"]) < 1e-4
         assert abs(float(got.acc[s]) - ref["acc"]) <= 1 / 40
     with pytest.raises(ValueError, match="table"):
-        kernels.run_cell(shape, seeds, *kernels.cell_args(shape, 100, 0.0))
+        kernels.run_matrix_cell(shape, seeds, *kernels.matrix_args(shape, 100, 0.0))
