@@ -157,6 +157,7 @@ def _start(spec: SweepSpec, args) -> int:
     run_dir = store.new_run_dir(args.out)
     manifest: dict[str, Any] = {
         "run_id": run_dir.name, "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
+        "cell_ids": store.CELL_IDS,
         "command": ["run_all.py", *(sys.argv[1:] if args is not None else [])],
         **environment.describe(),
     }

@@ -87,6 +87,9 @@ CAPACITY = "capacity.parquet"
 # Columns that differ between two runs of the same spec on the same machine.
 TIMING_COLUMNS = ("run_id", "compile_s", "run_s", "gflops")
 STATUSES = ("ok", "nan", "error", "skipped")
+# The cell-id scheme of new runs (manifest key "cell_ids"): 2 hashes every setting of a Cell
+# (Cell.id); runs whose manifest has no such key name their parts by Cell.legacy_id.
+CELL_IDS = 2
 
 
 class StoreError(ValueError):

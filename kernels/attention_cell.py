@@ -64,7 +64,7 @@ class AttentionKnobs(NamedTuple):
 def attention_args(family: AttentionFamily, n, noise=0.0, beta=1.0, degree=3.0, mask=0.0):
     """Dynamic arguments of run_attention_cell with the dtypes its compiled program expects."""
     dtype = jnp.dtype(family.dtype)
-    if not 0 <= n < 2**31:
+    if isinstance(n, int) and not 0 <= n < 2**31:
         raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
     return (jnp.asarray(n, jnp.int32), jnp.asarray(noise, dtype),
             AttentionKnobs(jnp.asarray(beta, dtype), jnp.asarray(degree, dtype), jnp.asarray(mask, dtype)))
