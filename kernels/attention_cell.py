@@ -11,6 +11,7 @@ pass per step, the nearest-other-value scan, the random baselines.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -70,6 +71,7 @@ def attention_args(family: AttentionFamily, n, noise=0.0, beta=1.0, degree=3.0, 
             AttentionKnobs(jnp.asarray(beta, dtype), jnp.asarray(degree, dtype), jnp.asarray(mask, dtype)))
 
 
+@partial(jax.jit, static_argnums=0)
 def run_attention_cell(family: AttentionFamily, seeds, n, noise, knobs: AttentionKnobs,
                        table=None) -> metrics.CellMetrics:
     """seeds: (S,) int32; n: int scalar (traced); noise: relative query noise; knobs: traced.

@@ -13,6 +13,7 @@ Three loops per seed, each a plain fori_loop with one random-number call site:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -59,12 +60,14 @@ class MatrixFamily(NamedTuple):
         return jnp.zeros((seeds, self.kept_chunks + 1, self.chunk, self.d + self.dv), self.dtype)
 
 
+@partial(jax.jit, static_argnums=0)
 def run_matrix_cell(family: MatrixFamily, seeds, n, noise, params: matrix.Params, mask=0.0,
                     table=None) -> metrics.CellMetrics:
     """seeds: (S,) int32; n: int scalar; noise: relative query noise (std of the added
     Gaussian in units of a key coordinate's rms); params: traced knobs; mask: fraction of each
     query's coordinates zeroed (after the noise; read when family.masked); table: (V, t) real
-    vectors when family.patterns is streams.TABLE. Pure and jittable; metrics per seed."""
+    vectors when family.patterns is streams.TABLE. Jit-compiled once per family (and argument
+    dtypes); metrics per seed."""
     return matrix_cell_program(family)(seeds, family.cache(seeds.shape[0]), n, noise, params, mask, table)[0]
 
 

@@ -63,6 +63,7 @@ def _capacity_run(tmp_path, **spec):
     return run_dir, manifest, store.load_capacity(run_dir)
 
 
+@pytest.mark.slow
 def test_known_capacities_end_to_end(tmp_path):
     run_dir, manifest, found = _capacity_run(
         tmp_path, kernels=("attention", "hebbian"), similarity=("euclidean", "dot"), separation=("max", "identity"),
@@ -95,6 +96,7 @@ def test_a_resumed_search_reuses_its_probes(tmp_path):
     assert first["capacity"][0] >= 8  # pinv recalls exactly while n <= d
 
 
+@pytest.mark.slow
 def test_capacity_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "out"
     code = cli.main(["--kernels", "attention", "--similarity", "scaled_dot", "--separation", "topk", "--topk", "4",

@@ -48,6 +48,8 @@ BAD = [
     (["--kernels", "pinv,bogus"], "unknown kernel 'bogus'"),
     (["--noise", "-0.1"], "noise: -0.1"),
     (["--seeds", "0"], "seeds: 0 is not a positive integer"),
+    (["--n", "2^31"], "n: 2147483648 is too many pairs"),
+    (["--capacity", "--max-n", "2^40"], "max_n: 1099511627776 is too many pairs"),
     (["--lam", "0"], "lam: 0.0"),
     (["--eta", "2.5"], "eta: 2.5"),
     (["--dtype", "float16"], "invalid choice"),
@@ -157,6 +159,7 @@ def test_report_is_self_contained(tiny_run):
     assert len(curve) >= 5 and ((curve["right"] + curve["wrong_stored"] + curve["hallucinated"]) - 1).abs().max() < 1e-9
 
 
+@pytest.mark.slow
 def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
     before = {p.name: p.read_bytes() for p in (tiny_run / "figures").iterdir()}
     for module in ("bench.plots", "bench.report"):
@@ -185,6 +188,7 @@ def test_resume_with_a_contradicting_flag_is_refused(tiny_run, capsys):
     assert sorted(p.name for p in tiny_run.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_one_device_and_four_devices_give_the_same_rows(tmp_path, tiny_run):
     argv = ["--kernels", "pinv,hebbian,attention", "--similarity", "dot", "--separation", "softmax,topk", "--topk", "4",
             "--d", "8,16", "--n", "4,8,32", "--seeds", "3", "--mask", "0.25", "--no-report",
@@ -202,6 +206,7 @@ def test_one_device_and_four_devices_give_the_same_rows(tmp_path, tiny_run):
     _assert_same_rows(rows_one, rows_four)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     argv = ["--kernels", "pinv", "--d", "8,16,24", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
             "--progress", "off"]
@@ -246,6 +251,7 @@ def test_two_runs_at_once_never_touch_each_others_files(tmp_path):
     _assert_same_rows(*frames)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
     argv = ["--kernels", "pinv", "--d", "8,16,24,32,40", "--n", "4,8,16,32,64,128", "--seeds", "2", "--no-report",
             "--progress", "off", "--no-compile-cache"]
@@ -265,6 +271,7 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(tmp_path):
     assert len(list(tmp_path.glob("*/parts/*.parquet"))) >= 2
 
 
+@pytest.mark.slow
 def test_attention_run_end_to_end(tmp_path):
     """Matrix and attention memories in one run: rows, the per-setting and side-by-side figures,
     the report's theory note; the top-k cells below k are skipped, not failed."""

@@ -78,7 +78,7 @@ def test_method_is_recorded(method):
     assert {kernels.METHOD_NAMES[int(m)] for m in got["method"]} == ({"gram64-cholesky"} if method == "gram64" else {"qr32"})
 
 
-@pytest.mark.parametrize("d,n", [(2, 2), (2, 5), (4, 3)])
+@pytest.mark.parametrize("d,n", [(2, 2), (2, 5), pytest.param(4, 3, marks=pytest.mark.slow)])
 def test_rank_deficient_binary_keys_need_and_get_the_fallback(d, n):
     # Random +-1 keys in 2 or 4 dimensions repeat (up to sign) often: K is rank deficient.
     shape = kernels.MatrixFamily("pinv", d, d, "binary", chunk=64, queries=64)
@@ -186,3 +186,35 @@ def test_table_patterns_match_numpy_on_the_same_rows():
         assert abs(float(got.acc[s]) - ref["acc"]) <= 1 / 40
     with pytest.raises(ValueError, match="table"):
         kernels.run_matrix_cell(shape, seeds, *kernels.matrix_args(shape, 100, 0.0))
+
+
+@pytest.mark.parametrize("rule,n", [("pinv", 700), pytest.param("ridge", 300, marks=pytest.mark.slow),
+                                    ("delta", 200)])
+def test_the_cache_changes_no_number(rule, n):
+    """Pairs kept by the write and read by the score pass equal the pairs drawn again: the same
+    metrics bit for bit, whether the cache holds only the sample's chunks or all of them (the
+    delta rule's second pass reads them too)."""
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    results = []
+    for keep in (0, 1024):
+        family = kernels.MatrixFamily(rule, 16, 16, "gaussian", chunk=64, queries=64, noisy=True, masked=True, keep=keep)
+        program = jax.jit(kernels.matrix_cell_program(family), donate_argnums=1)
+        out, cache = program(seeds, family.cache(2), *kernels.matrix_args(family, n, 0.1, 1.0, 1.0, 2, 0.25))
+        assert cache.shape == (2, family.kept_chunks + 1, 64, 32)  # handed back for the next cell
+        results.append({k: np.asarray(v) for k, v in out._asdict().items()})
+    for other in results[1:]:
+        for k in results[0]:
+            np.testing.assert_array_equal(results[0][k], other[k], err_msg=k)
+
+
+def test_registries_and_the_spec_name_the_same_memories():
+    from bench import spec
+
+    assert set(kernels.RULES) | {"attention"} == set(spec.KERNELS)
+    assert set(spec.LEAST_SQUARES) == {r for r, rule in kernels.RULES.items() if rule.least_squares}
+    assert tuple(kernels.SIMILARITY_REGISTRY) == spec.SIMILARITIES
+    assert tuple(kernels.SEPARATION_REGISTRY) == spec.SEPARATIONS
+    for name, sep in kernels.SEPARATION_REGISTRY.items():  # the knobs a separation reads are the spec's
+        assert set(sep.knobs) == {k for k, seps in spec.SEPARATION_KNOBS.items() if name in seps}, name
+    for name, rule in kernels.RULES.items():
+        assert rule.knobs == spec.KNOBS[name], name

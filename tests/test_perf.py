@@ -36,45 +36,43 @@ def classic_numpy_loop(seed: int = 0) -> float:
     return total
 
 
-def test_classic_grid_against_numpy_and_the_flop_floor(benchmark, tmp_path):
-    import jax
-
-    rate = environment.matmul_gflops("float32")
+def _suite_process(out, cache) -> float:
+    """Wall time of the whole `python run_all.py` process on the classic grid (start-up included)."""
+    command = [PYTHON, "run_all.py", "--kernels", "pinv", "--d", "2^6..2^10", "--n", "2^2..2^15", "--seeds", "1",
+               "--no-report", "--out", str(out), "--compile-cache", str(cache)]
     start = time.perf_counter()
-    classic_numpy_loop()
-    numpy_s = time.perf_counter() - start
+    done = subprocess.run(command, capture_output=True, text=True, env=run_env(), cwd=REPO, timeout=1200)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    return wall
 
-    spec = SweepSpec(kernels=("pinv",), d=CLASSIC_D, n=CLASSIC_N, seeds=1, preset="benchmark")
 
-    def ours():
-        run_dir = store.new_run_dir(tmp_path / "runs")
-        store.write_manifest(run_dir, {"run_id": run_dir.name, "spec": spec.to_dict()})
-        sweep.run_sweep(spec, run_dir, progress=False)
-        return run_dir
-
-    # Cold: every program compiled here (the persistent cache starts empty and is filled).
-    previous = jax.config.jax_compilation_cache_dir
-    environment.enable_compile_cache(tmp_path / "cache")
-    try:
+def test_classic_grid_against_numpy_and_the_flop_floor(benchmark, tmp_path):
+    """Target 1 and 2 of the speed issue: the whole run_all.py process on the classic grid, cold
+    (empty compile cache) and warm, beside the NumPy pinv loop in this process, interleaved,
+    best of two each; run time against the FLOP floor at the matmul rate measured here."""
+    rate = environment.matmul_gflops("float32")
+    numpy_s, cold_s, warm_s = [], [], []
+    for round_ in range(2):
         start = time.perf_counter()
-        run_dir = benchmark.pedantic(ours, rounds=1, iterations=1)
-        cold_s = time.perf_counter() - start
-        # Warm: a second run of the same grid loads its programs from the persistent cache.
-        start = time.perf_counter()
-        warm_dir = ours()
-        warm_s = time.perf_counter() - start
-    finally:
-        jax.config.update("jax_compilation_cache_dir", previous)
+        classic_numpy_loop()
+        numpy_s.append(time.perf_counter() - start)
+        cache = tmp_path / f"cache{round_}"
+        cold_s.append(_suite_process(tmp_path / f"cold{round_}", cache))
+        warm_s.append(_suite_process(tmp_path / f"warm{round_}", cache))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    run_dir = next((tmp_path / "cold1").iterdir())
     df = store.load_results(run_dir)
+    manifest = store.read_manifest(run_dir)
     assert (df["status"] == "ok").all() and len(df) == len(CLASSIC_D) * len(CLASSIC_N)
-    warm = store.load_results(warm_dir)
     floor_s = df["flops"].sum() / (rate * 1e9)
-    info = {"numpy_loop_s": numpy_s, "suite_cold_s": cold_s, "suite_warm_s": warm_s,
-            "compile_cold_s": df["compile_s"].sum(), "compile_warm_s": warm["compile_s"].sum(),
-            "run_s": df["run_s"].sum(), "speedup_cold": numpy_s / cold_s, "speedup_warm": numpy_s / warm_s,
-            "matmul_gflops": rate, "flop_floor_s": floor_s, "run_over_floor": df["run_s"].sum() / floor_s}
+    info = {"numpy_loop_s": min(numpy_s), "suite_cold_s": min(cold_s), "suite_warm_s": min(warm_s),
+            "speedup_cold": min(numpy_s) / min(cold_s), "speedup_warm": min(numpy_s) / min(warm_s),
+            "compile_s": df["compile_s"].sum(), "compile_per_family_s": df["compile_s"].sum() / len(CLASSIC_D),
+            "compile_wait_s": manifest["compile_wait_s"], "run_s": df["run_s"].sum(), "matmul_gflops": rate,
+            "flop_floor_s": floor_s, "run_over_floor": df["run_s"].sum() / floor_s}
     benchmark.extra_info.update(info)
-    print("\nclassic grid (pinv, 1 seed):", json.dumps({k: round(v, 3) for k, v in info.items()}))
+    print("\nclassic grid (pinv, 1 seed, whole process):", json.dumps({k: round(v, 3) for k, v in info.items()}))
 
 
 BIG_CELL = """
@@ -82,14 +80,22 @@ import json, resource, sys, time
 from functools import partial
 from bench.environment import configure_jax
 configure_jax()
+from bench.environment import matmul_gflops
+rate = matmul_gflops()
 import jax, jax.numpy as jnp, kernels
+from bench import sweep
+from bench.spec import Cell
 d, n = 1024, 2**20
-shape = kernels.MatrixFamily("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
+# The family the sweep would run this cell in: its cache holds what the sweep's budget allows.
+keep = sweep.keep_pairs(Cell("pinv", d, n, d, 0.0, "gaussian", "float32"), n, 1, sweep.KEEP_BYTES)
+shape = kernels.MatrixFamily("pinv", d, d, "gaussian", chunk=kernels.default_chunk(d, d), keep=keep)
 seeds = jnp.arange(1, dtype=jnp.int32)
 t0 = time.perf_counter()
-compiled = jax.jit(partial(kernels.run_matrix_cell, shape)).lower(seeds, *kernels.matrix_args(shape, 4, 0.0)).compile()
+compiled = jax.jit(kernels.matrix_cell_program(shape), donate_argnums=1).lower(
+    seeds, shape.cache(1), *kernels.matrix_args(shape, 4, 0.0)).compile()
 t1 = time.perf_counter()
-out = jax.block_until_ready(compiled(seeds, *kernels.matrix_args(shape, n, 0.0)))
+out, _ = compiled(seeds, shape.cache(1), *kernels.matrix_args(shape, n, 0.0))
+out = jax.block_until_ready(out)
 t2 = time.perf_counter()
 # VmHWM is this process's own peak; ru_maxrss would carry over the peak of the process that
 # forked us (Linux keeps it across exec), i.e. pytest's.
@@ -98,6 +104,7 @@ try:
 except (OSError, StopIteration):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"compile_s": t1 - t0, "run_s": t2 - t1, "flops": kernels.matrix_flops("pinv", n, d, d, 1024),
+                  "matmul_gflops": rate,
                   "cos_mean": float(out.cos_mean[0]), "theory": (d / n) ** 0.5, "peak_rss_gib": peak_kib / 2**20}))
 """
 
@@ -111,6 +118,7 @@ def test_d1024_n2e20_cell_time_and_peak_memory(benchmark):
 
     result = benchmark.pedantic(run, rounds=1, iterations=1)
     result["gflops"] = result["flops"] / result["run_s"] / 1e9
+    result["run_over_floor"] = result["run_s"] / (result["flops"] / (result["matmul_gflops"] * 1e9))
     benchmark.extra_info.update(result)
     print("\nd=1024, n=2^20 pinv cell:", json.dumps({k: round(v, 4) for k, v in result.items()}))
     assert abs(result["cos_mean"] - result["theory"]) < 0.002
@@ -247,3 +255,26 @@ def test_blockwise_attention_against_dot_product_attention_and_naive(benchmark):
     print("\nsoftmax attention q = n = 16384, d = 256:", json.dumps({k: round(v, 3) for k, v in info.items()}))
     # Bounded memory: the (q, n) float32 scores alone are 1 GiB; ours holds O(block^2) beside the inputs.
     assert peak_ours["peak_gib"] - peak_ours["inputs_loaded_gib"] < 0.25
+
+
+def test_default_run_wall_time(benchmark, tmp_path):
+    """Target 4 of the speed issue: the default `python run_all.py` (every memory on the classic
+    grid, 3 seeds, hallucination curve, figures and report), whole process, cold compile cache."""
+    command = [PYTHON, "run_all.py", "--out", str(tmp_path / "runs"), "--compile-cache", str(tmp_path / "cache")]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=run_env(), cwd=REPO, timeout=1800)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    run_dir = next((tmp_path / "runs").iterdir())
+    df = store.load_results(run_dir)
+    manifest = store.read_manifest(run_dir)
+    # The same grid and rows as before the speed work: 8 memory settings x 70 cells x 3 seeds.
+    assert len(df) == 1680 and set(df["status"]) <= {"ok", "skipped"}
+    assert (df["status"] == "skipped").sum() == 30  # top-8 at n = 4
+    info = {"wall_s": wall, "compile_s": df["compile_s"].sum(), "compile_wait_s": manifest["compile_wait_s"],
+            "run_s": df["run_s"].sum(), "families": manifest["compiled_programs"],
+            "run_matrix_s": df.loc[df.kernel != "attention", "run_s"].sum(),
+            "run_attention_s": df.loc[df.kernel == "attention", "run_s"].sum()}
+    benchmark.extra_info.update(info)
+    print("\ndefault run:", json.dumps({k: round(v, 2) for k, v in info.items()}))

@@ -9,7 +9,7 @@ from bench.store import SCHEMA
 from tests.conftest import REPO
 
 INSTALL_AND_RUN = "pip install -e . && python run_all.py"
-INSTALL_AND_TEST = "pip install -e '.[test]' && pytest"
+INSTALL_AND_TEST = "pip install -e '.[test]' && pytest && pytest -m slow"
 
 
 def _readme() -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import kernels
 from bench import environment, store, sweep
 from bench.spec import SweepSpec
@@ -61,6 +63,7 @@ def test_seeds_that_do_not_divide_the_devices_are_padded_and_dropped(tmp_path):
     assert all(math.isfinite(v) for v in df["cos_mean"])
 
 
+@pytest.mark.slow
 def test_glove_patterns_run_side_by_side_with_gaussian(tmp_path):
     from bench import plots
 
@@ -89,6 +92,7 @@ def test_glove_spec_limits():
         SweepSpec(patterns=("word2vec",))
 
 
+@pytest.mark.slow
 def test_attention_grid_skips_topk_above_n_records_overflow_and_compiles_once_per_family(tmp_path):
     spec = SweepSpec(kernels=("attention",), d=(16,), n=(2, 8, 64), seeds=2, similarity=("dot",),
                      separation=("topk", "polynomial", "softmax"), topk=(4,), degree=(3.0, 40.0), beta=(1.0, 4.0))
@@ -109,6 +113,7 @@ def test_attention_grid_skips_topk_above_n_records_overflow_and_compiles_once_pe
     assert manifest["compiled_programs"] == 3
 
 
+@pytest.mark.slow
 def test_attention_rows_carry_theory_where_it_holds(tmp_path):
     spec = SweepSpec(kernels=("attention",), d=(32,), n=(4, 2048), seeds=1, similarity=("scaled_dot", "dot"),
                      separation=("softmax", "identity"), patterns=("gaussian",))
