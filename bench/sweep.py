@@ -31,7 +31,7 @@ from bench.spec import GLOVE_WORDS, Cell, SweepSpec
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
 _MEMORY_HEADROOM = 2.0
 # Bytes per device a family's cache of drawn pairs may take (less where the device has less).
-KEEP_BYTES = 512 * 2**20
+KEEP_BYTES = 768 * 2**20
 Family = kernels.MatrixFamily | kernels.AttentionFamily
 
 
@@ -123,12 +123,11 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
 
 
 def keep_pairs(cell: Cell, largest_n: int, seeds_per_device: int, budget: int) -> int:
-    """How many pairs a family's cache holds: all the family will store (largest_n), within
-    ``budget`` bytes per device shared by its seeds. Kept pairs are drawn once, not once per
-    pass over the memory."""
+    """The ``keep`` of a family: every pair its cells store (largest_n) when they fit in
+    ``budget`` bytes per device, shared by its seeds, so each pair is drawn once, not once per
+    pass over the memory; else 0 (pairs drawn again on each pass, memory independent of n)."""
     per_pair = (cell.d + cell.dv) * np.dtype(cell.dtype).itemsize * seeds_per_device
-    chunk = kernels.default_chunk(cell.d, cell.dv)
-    return int(min(largest_n, budget // per_pair // chunk * chunk))
+    return largest_n if largest_n * per_pair <= budget else 0
 
 
 def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:

@@ -46,7 +46,8 @@ class AttentionFamily(NamedTuple):
 
     @property
     def kept_chunks(self) -> int:
-        """Chunks the cache holds: the first pass draws them once, later passes read them."""
+        """Chunks the cache holds: the first pass draws them once, later passes read them
+        (keep: 0, or the most pairs a cell of the family stores; n > keep gives NaN metrics)."""
         return max(1, -(-self.keep // self.chunk))
 
     def cache(self, seeds: int) -> jax.Array:
@@ -110,8 +111,12 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
         return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
     pairs = lambda j: only_valid(j, *stream.pairs(j))
-    # The first attention pass draws every chunk and keeps the first ones; later passes read them.
-    kept_pairs = lambda j, cache: only_valid(j, *streams.read_or_draw(stream, cache, j))
+    # The first attention pass draws every chunk (and keeps it when the family keeps pairs);
+    # later passes read the kept pairs or draw them again (see AttentionFamily.keep).
+    if f.keep:
+        kept_pairs = lambda j, cache: only_valid(j, *streams.read_kept(stream, cache, j))
+    else:
+        kept_pairs = lambda j, cache: pairs(j)
 
     # Loop 1: the queries, the first m = min(n, Q) pairs (corrupted), and their true values.
     m = jnp.minimum(n, Q)
@@ -160,6 +165,8 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
     cos, dist = metrics.row_cos_dist(recalled, true_values, wide)
     moments = metrics.Moments.zero(wide).add(cos, dist, in_sample.astype(wide))
     bad = ~jnp.all(jnp.where(in_sample[:, None], jnp.isfinite(recalled), True))
+    if f.keep:
+        bad = bad | (n > f.kept_chunks * chunk)  # pairs beyond the cache were never kept
     out = metrics.finish(moments, jnp.sum(in_sample & (own < nearest)), m, metrics.baseline(stream, wide), bad=bad,
                          method=0, solved=True, wide=wide)
     return out, cache

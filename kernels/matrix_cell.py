@@ -28,9 +28,10 @@ class MatrixFamily(NamedTuple):
 
     queries: the most stored pairs scored for nearest-neighbour accuracy (the first
     min(n, queries): pairs are i.i.d., so they are a uniform random sample). noisy / masked:
-    whether queries get noise / zeroed coordinates (the amounts are traced). keep: pairs the
-    cache holds so the score pass reads them instead of drawing them again (at least the
-    first max(queries, d) are always kept). fallback: include the eigenvalue pseudoinverse
+    whether queries get noise / zeroed coordinates (the amounts are traced). keep: 0, or the
+    most pairs a cell of the family stores: then the write keeps every pair and the score
+    pass reads them instead of drawing them again (a cell with n > keep gets NaN metrics);
+    with 0 only the first max(queries, d) are kept (the sample, the dual solve). fallback: include the eigenvalue pseudoinverse
     for rank-deficient keys; it costs compile time, so a sweep compiles it only for a cell
     whose ``solved`` came back False."""
 
@@ -102,6 +103,9 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         keys, values, cache = streams.draw_and_keep(stream, cache, j)
         return *only_valid(j, keys, values), cache
 
+    # The score pass reads the pairs the write kept, or draws them again (see MatrixFamily.keep).
+    second = (lambda j: streams.read_kept(stream, cache, j)) if f.keep else stream.pairs
+
     # Loop 1: the write. It fills the cache with the first chunks as drawn.
     state, cache = matrix.fold(w, source, n, params, buffer)
     # The first rows only (the sample and the dual solve's): slicing the whole cache would copy it.
@@ -139,7 +143,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     # values for each sample's nearest other.
     def score(j, carry):
         moments, nearest = carry
-        keys, values = only_valid(j, *streams.read_or_draw(stream, cache, j))
+        keys, values = only_valid(j, *second(j))
         valid = streams.valid_rows(j, chunk, n)
         queries = streams.queries_of(stream, j, keys, noise_std, mask, noisy=f.noisy, masked=f.masked)
         cos, dist = metrics.row_cos_dist(recall(queries), values, wide)
@@ -153,8 +157,10 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
 
     # Loop 3: the random baselines.
     base = metrics.baseline(stream, wide)
-    out = metrics.finish(moments, hits, m, base, bad=~jnp.all(jnp.isfinite(W)), method=written.method,
-                         solved=written.ok, wide=wide)
+    bad = ~jnp.all(jnp.isfinite(W))
+    if f.keep:
+        bad = bad | (n > f.kept_chunks * chunk)  # pairs beyond the cache were never kept
+    out = metrics.finish(moments, hits, m, base, bad=bad, method=written.method, solved=written.ok, wide=wide)
     return out, cache
 
 

@@ -189,17 +189,14 @@ def _check_dist(dist: str) -> None:
         raise ValueError(f"unknown pattern distribution {dist!r}; use one of {', '.join(DISTRIBUTIONS)}")
 
 
-# The cache: the first chunks of a stream as drawn, so a later pass reads them instead of
-# drawing them again. A buffer (kept + 1, chunk, d + dv) holds keys and values side by side;
-# the last slot is scratch (every store goes to slot min(j, kept), so storing needs no
-# branch). One pass fills it; later passes only read it, which lets XLA update it in place.
+# The cache: the chunks of a stream as the first pass drew them, so later passes read them
+# instead of drawing them again. A buffer (kept + 1, chunk, d + dv) holds keys and values side
+# by side; the last slot is scratch (every store goes to slot min(j, kept), so storing needs
+# no branch). One pass fills it; later passes only read it, which lets XLA update it in place.
 # A sweep passes the buffer in and gets it back (donated), so it is neither allocated nor
-# zeroed per cell.
-
-
-def empty_cache(kept: int, chunk: int, width: int, dtype) -> jax.Array:
-    """A fresh cache buffer for ``kept`` chunks: (kept + 1, chunk, width)."""
-    return jnp.zeros((kept + 1, chunk, width), dtype)
+# zeroed per cell. A family either keeps every pair it will store (later passes read, no
+# random-number call site) or only the first chunks a cell needs (later passes draw again):
+# a branch between reading and drawing would cost compile time in every family.
 
 
 def draw_and_keep(stream: Stream, cache, j):
@@ -209,10 +206,7 @@ def draw_and_keep(stream: Stream, cache, j):
     return keys, values, lax.dynamic_update_index_in_dim(cache, jnp.concatenate([keys, values], axis=1), slot, 0)
 
 
-def read_or_draw(stream: Stream, cache, j):
-    """Keys and values of chunk j: read from a filled cache when it holds them, else drawn."""
-    kept = cache.shape[0] - 1
-    # Read outside the branch: the branch then carries one chunk, never the whole buffer.
-    stored = lax.dynamic_index_in_dim(cache, jnp.minimum(j, kept), 0, keepdims=False)
-    both = lax.cond(j < kept, lambda: stored, lambda: jnp.concatenate(stream.pairs(j), axis=1))
+def read_kept(stream: Stream, cache, j):
+    """Keys and values of chunk j from a cache that holds it (j < kept)."""
+    both = lax.dynamic_index_in_dim(cache, jnp.minimum(j, cache.shape[0] - 1), 0, keepdims=False)
     return both[:, :stream.d], both[:, stream.d:]

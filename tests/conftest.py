@@ -17,7 +17,6 @@ from bench.environment import configure_jax
 configure_jax()
 import jax.numpy as jnp  # noqa: E402
 
-import kernels  # noqa: E402
 from kernels import streams  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

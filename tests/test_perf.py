@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from bench import environment, store, sweep
-from bench.spec import SweepSpec
+from bench import environment, store
 from tests.conftest import PYTHON, REPO, run_env
 
 pytestmark = pytest.mark.perf

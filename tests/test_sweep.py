@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-import kernels
 from bench import environment, store, sweep
 from bench.spec import SweepSpec
 
