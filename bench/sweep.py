@@ -14,6 +14,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -39,8 +40,8 @@ class _Programs:
     """Compiled programs, one per family, compiled ahead of time, and the cache buffer of the
     family running now (donated to each call and handed back, so it is allocated once per
     family). ``prefetch`` compiles a family in a background thread while another one runs;
-    compile time is charged to the cell that needed the program first (the wait for it when
-    it was prefetched)."""
+    a family's compile time (measured in that thread) is charged to its first cell, and the
+    time cells actually waited is summed in ``compile_wait_s``."""
 
     def __init__(self, mesh: Mesh, seeds: int):
         self.mesh = mesh
@@ -163,16 +164,17 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
             + q * family.k * dv * 2                     # running top-k values (topk)
             + q * width * 3                             # a block of scores and weights
             + c * (3 * d + 2 * dv) * 2)                 # one chunk of keys, values, noise, masks
-        return int(per_seed * seeds_per_device * _MEMORY_HEADROOM)
+        cache = item * (family.kept_chunks + 1) * c * (d + dv)  # kept pairs (allocated once, not doubled)
+        return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
     d, dv, c, m = family.d, family.dv, family.chunk, family.queries
     per_seed = (
         8 * (d * d + 2 * d * dv)                       # Gram, cross term, W (float64 solves)
-        + item * (-(-d // c) * c) * (d + dv)           # stashed first chunks (dual solve)
         + 8 * d * d                                    # dual Gram
         + item * c * (3 * d + 3 * dv) * 2              # one chunk of keys, values, noise, recalls
         + item * m * (c * 2 + dv * 2)                  # accuracy sample and its scores
     )
-    return int(per_seed * seeds_per_device * _MEMORY_HEADROOM)
+    cache = item * (family.kept_chunks + 1) * c * (d + dv)  # kept pairs, incl. the first d (dual solve)
+    return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
 
 
 def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
@@ -355,11 +357,24 @@ def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
     return dict(
         run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
         d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise, **knobs,
-        baseline_cos_theory=theory.baseline_cos(cell.dv, cell.patterns),
-        baseline_dist_theory=theory.baseline_dist(cell.dv, cell.patterns),
-        theory_cos=_nan_to_none(theory.cell_cos(cell)),
+        baseline_cos_theory=_analytic(theory.baseline_cos, cell.dv, cell.patterns),
+        baseline_dist_theory=_analytic(theory.baseline_dist, cell.dv, cell.patterns),
+        theory_cos=_analytic(theory.cell_cos, cell),
         flops=flops,
     )
+
+
+def _analytic(formula: Callable[..., float], *args) -> float | None:
+    """An analytic value, or None where it is unknown or cannot be computed: an extreme but valid
+    setting (beta 200 on +-1 keys, noise 1e200, lambda 1e300) overflows the closed form, and
+    that must leave the cell's measured row intact, not crash the sweep (nor every resume of it)."""
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            value = float(formula(*args))
+    except (ArithmeticError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _nan_to_none(x: float) -> float | None:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from kernels import streams
@@ -33,6 +34,15 @@ class CellMetrics(NamedTuple):
     baseline_dist: jax.Array
     method: jax.Array
     solved: jax.Array
+
+
+def scalar(value, dtype) -> jax.Array:
+    """A knob as a scalar of ``dtype``; a value beyond its range (noise 1e200 in float32) becomes
+    inf quietly, and the cell's metrics then say what it does (NaN), not a warning."""
+    if isinstance(value, jax.Array):
+        return value.astype(dtype)
+    with np.errstate(over="ignore"):
+        return jnp.asarray(np.asarray(value).astype(dtype))
 
 
 def accumulate_dtype(dtype) -> jnp.dtype:

@@ -122,3 +122,20 @@ def test_attention_rows_carry_theory_where_it_holds(tmp_path):
     assert abs(theory[("scaled_dot", "softmax", 2048)] - df.set_index(["similarity", "separation", "n"]).loc[
         ("scaled_dot", "softmax", 2048), "cos_mean"]) < 0.03
     assert theory[("dot", "identity", 2048)] == 1 / math.sqrt(1 + 2047 / 32)  # the Hebbian memory
+
+
+def test_theory_that_overflows_is_null_and_the_cell_is_still_measured(tmp_path):
+    """Extreme but valid settings overflow the closed forms (cosh(200)^32, 1e200^2, 1/(1e300...)):
+    the theory value is null and the sweep records the cell, so a resume never meets a crash."""
+    from bench.spec import Cell
+
+    extreme = [Cell("attention", 32, 64, 32, 0.0, "binary", "float32", similarity="dot", separation="softmax",
+                    beta=200.0, heads=1, steps=1, mask=0.0),
+               Cell("pinv", 8, 64, 8, 1e200, "gaussian", "float32", mask=0.0),
+               Cell("hebbian", 8, 64, 8, 1e200, "gaussian", "float32", mask=0.0),
+               Cell("ridge", 8, 64, 8, 0.0, "gaussian", "float32", lam=1e300, mask=0.0)]
+    for cell in extreme:
+        row = sweep._base_row(cell, "run", "id")
+        assert row["theory_cos"] is None or math.isfinite(row["theory_cos"]), cell
+    df, _ = _run(SweepSpec(kernels=("pinv", "hebbian"), d=(8,), n=(4, 64), noise=(1e200,), seeds=1), tmp_path)
+    assert len(df) == 4 and set(df["status"]) <= {"ok", "nan"}
