@@ -139,3 +139,19 @@ def test_theory_that_overflows_is_null_and_the_cell_is_still_measured(tmp_path):
         assert row["theory_cos"] is None or math.isfinite(row["theory_cos"]), cell
     df, _ = _run(SweepSpec(kernels=("pinv", "hebbian"), d=(8,), n=(4, 64), noise=(1e200,), seeds=1), tmp_path)
     assert len(df) == 4 and set(df["status"]) <= {"ok", "nan"}
+
+
+def test_a_run_written_before_ids_hashed_every_setting_still_resumes(tmp_path):
+    """Old run directories (manifest without cell_ids) name parts by Cell.legacy_id: a resume
+    finds them there and recomputes nothing."""
+    spec = SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 16), seeds=1)
+    first, manifest = _run(spec, tmp_path)
+    run_dir = tmp_path / first["run_id"][0]
+    for cell in spec.cells(auto_method="gram64"):
+        (run_dir / "parts" / f"{cell.id}.parquet").rename(run_dir / "parts" / f"{cell.legacy_id}.parquet")
+    old = store.read_manifest(run_dir)
+    del old["cell_ids"]
+    store.write_manifest(run_dir, old)
+    again = sweep.run_sweep(spec, run_dir, progress=False)
+    assert again["cell_ids"] == 1 and again["compiled_programs"] == 0
+    assert again["cell_order"] == [c.legacy_id for c in spec.cells(auto_method="gram64")]
