@@ -69,9 +69,19 @@ def test_stored_key_recalls_its_value_at_high_beta(glove):
 
 
 def test_similarities_and_options(glove):
-    for similarity in ("dot", "scaled_dot", "cosine"):
+    # Each similarity against NumPy: softmax(beta * scores) over the stored keys, the blend of
+    # the values, its 3 nearest words by cosine.
+    keys = np.stack([glove.vector(k) for k in DEMO_RECORDS]).astype(np.float64)
+    values = np.stack([glove.vector(v) for v in DEMO_RECORDS.values()]).astype(np.float64)
+    q = np.asarray(glove.vector("kitten"), np.float64)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    scores = {"dot": keys @ q, "scaled_dot": keys @ q / np.sqrt(len(q)), "cosine": unit(keys) @ unit(q)}
+    for similarity, s in scores.items():
+        w = np.exp(5.0 * (s - s.max()))
+        blend = (w / w.sum()) @ values
+        expected = [glove.words[i] for i in np.argsort(-(np.asarray(glove.unit, np.float64) @ unit(blend)))[:3]]
         db = Database(DEMO_RECORDS, embeddings=glove, similarity=similarity, beta=5.0)
-        assert len(db.query("kitten", 3)) == 3
+        assert db.query("kitten", 3) == expected, similarity
     excl = Database({"cat": "dog"}, embeddings=glove, exclude_query=True)
     assert "cat" not in excl.query("cat", 20)
     only = Database(DEMO_RECORDS, embeddings=glove, values_only=True)
