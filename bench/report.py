@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -43,28 +45,26 @@ def timing_table(df: pd.DataFrame, matmul_gflops: float | None) -> pd.DataFrame:
     return t
 
 
-def build(run_dir: Path) -> tuple[Path, Path]:
+class Block(NamedTuple):
+    """One block of the report's document model, rendered to markdown and to HTML alike.
+    kind: "title", "heading", "paragraph", "facts" (label, text pairs), "table" (a DataFrame
+    of already formatted strings) or "figure" (a PNG path)."""
+
+    kind: str
+    content: Any
+
+
+def document(run_dir: Path) -> list[Block]:
+    """The report of a run, once: every section as blocks, from its parquet, manifest and figures."""
     manifest = store.read_manifest(run_dir)
     df = store.load_results(run_dir)
     capacity = plots.capacity_table(df)
     timings = timing_table(df, manifest.get("matmul_gflops"))
-    figures = sorted((run_dir / plots.FIGURES).glob("*.png"))
     status = df["status"].value_counts().to_dict()
     problems = df[df["status"] != "ok"][["kernel", "similarity", "separation", "topk", "d", "n", "noise", "seed",
                                          "status", "error"]]
-    found = store.load_capacity(run_dir)
-    searched = None
-    if found is not None and len(found):
-        searched = found.assign(setting=[plots.setting_name(r) for _, r in found.iterrows()],
-                                probes=found["probes_n"].map(len),
-                                acc_at_capacity=found["acc_at_capacity"].round(4),
-                                theory_scale=found["theory_scale"].map(lambda x: f"{x:.3g}"))
-        searched = searched[["setting", "d", "capacity_text", "acc_at_capacity", "probes", "theory_scale"]].rename(
-            columns={"capacity_text": f"capacity (accuracy >= {found['threshold'].iloc[0]:g})"})
-
     about = [
         ("run", manifest.get("run_id")),
-        ("spec", ", ".join(f"{k}={v}" for k, v in manifest.get("spec", {}).items())),
         ("started / ended", f"{manifest.get('started')} / {manifest.get('ended')}"),
         ("backend", f"{manifest.get('backend')} ({manifest.get('device_kind')} x {manifest.get('device_count')})"),
         ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
@@ -75,59 +75,102 @@ def build(run_dir: Path) -> tuple[Path, Path]:
         ("rows", f"{len(df)} ({', '.join(f'{k}: {v}' for k, v in sorted(status.items()))})"),
         ("compile / run", f"{df['compile_s'].sum():.1f} s / {df['run_s'].sum():.1f} s"),
     ]
+    spec = pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v))
+                         for k, v in (manifest.get("spec") or {}).items()], columns=["setting", "value"])
+    blocks = [Block("title", "Associative-memory benchmark report"), Block("heading", "What ran, and on what"),
+              Block("facts", about), Block("table", spec),
+              Block("paragraph", "Dashed lines: random baseline. Dotted: theory (see bench/theory.py; approximate "
+                                 "at small d)."), Block("paragraph", THEORY_NOTE)]
+    found = store.load_capacity(run_dir)
+    if found is not None and len(found):
+        searched = found.assign(setting=[plots.setting_name(r) for _, r in found.iterrows()],
+                                probes=found["probes_n"].map(len))
+        searched = searched[["setting", "d", "capacity_text", "acc_at_capacity", "probes", "theory_scale"]].rename(
+            columns={"capacity_text": f"capacity (accuracy >= {found['threshold'].iloc[0]:g})"})
+        blocks += [Block("heading", "Capacity search"), Block("paragraph", SEARCH_NOTE), Block("table", _text(searched))]
     cap = capacity[["setting", "d", "n_cos", "n_acc"]].rename(
         columns={"n_cos": f"largest n with cos >= {plots.COS_THRESHOLD}", "n_acc": f"largest n with acc >= {plots.ACC_THRESHOLD}"})
-    tim = timings.assign(compile_s=timings["compile_s"].round(2), run_s=timings["run_s"].round(2),
-                         gflops=timings["gflops"].round(1), of_matmul=timings["of_matmul"].round(3))
-    tim = tim.drop(columns=["flops"])
-
-    md = ["# Associative-memory benchmark report", "", "## What ran, and on what", ""]
-    md += [f"- **{k}**: {v}" for k, v in about]
-    md += ["", "Dashed lines: random baseline. Dotted: theory (see bench/theory.py; approximate at small d).", "",
-           THEORY_NOTE, ""]
-    if searched is not None:
-        md += ["## Capacity search", "", SEARCH_NOTE, "", _markdown(searched), ""]
-    md += ["## Capacity on the grid", "", _markdown(cap), "", "## Timings", "",
-           "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.", "",
-           _markdown(tim), ""]
+    blocks += [Block("heading", "Capacity on the grid"), Block("table", _text(cap)), Block("heading", "Timings"),
+               Block("paragraph", "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from "
+                                  "analytic FLOP counts, of_matmul its share of the matmul rate."),
+               Block("table", _text(timings.drop(columns=["flops"])))]
     from bench import hallucination
 
     curve = hallucination.load(run_dir)
-    fuzzy_text = ("Records map 24 words to 8 categories; each held-out word (in no record) is queried once. "
-                  "A hallucinated answer is a word that is no stored value.")
     if curve is not None:
-        md += ["## Fuzzy key-value store: hallucination vs beta", "", fuzzy_text, "", _markdown(curve.round(3)), ""]
+        blocks += [Block("heading", "Fuzzy key-value store: hallucination vs beta"),
+                   Block("paragraph", "Records map 24 words to 8 categories; each held-out word (in no record) is "
+                                      "queried once. A hallucinated answer is a word that is no stored value."),
+                   Block("table", _text(curve))]
     if len(problems):
-        md += ["## Cells that did not run cleanly", "", _markdown(problems.head(50)), ""]
-    md += ["## Figures", ""] + [f"![{p.stem}]({plots.FIGURES}/{p.name})" for p in figures] + [""]
-    md_path = run_dir / "report.md"
-    store.atomic_write_bytes(md_path, "\n".join(md).encode())
+        blocks += [Block("heading", "Cells that did not run cleanly"), Block("table", _text(problems.head(50)))]
+    blocks.append(Block("heading", "Figures"))
+    blocks += [Block("figure", p) for p in sorted((run_dir / plots.FIGURES).glob("*.png"))]
+    return blocks
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Associative-memory benchmark report</title>",
-             "<style>body{font-family:sans-serif;max-width:1500px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "img{max-width:100%}</style></head><body>",
-             "<h1>Associative-memory benchmark report</h1><h2>What ran, and on what</h2><ul>"]
-    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in about]
-    parts += ["</ul><p>Dashed lines: random baseline. Dotted: theory (approximate at small d).</p>",
-              f"<p>{html.escape(THEORY_NOTE)}</p>"]
-    if searched is not None:
-        parts += ["<h2>Capacity search</h2>", f"<p>{html.escape(SEARCH_NOTE)}</p>", searched.to_html(index=False)]
-    parts += ["<h2>Capacity on the grid</h2>", cap.to_html(index=False), "<h2>Timings</h2>",
-              "<p>compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from analytic FLOP counts.</p>",
-              tim.to_html(index=False)]
-    if curve is not None:
-        parts += ["<h2>Fuzzy key-value store: hallucination vs beta</h2>", f"<p>{html.escape(fuzzy_text)}</p>",
-                  curve.round(3).to_html(index=False)]
-    if len(problems):
-        parts += ["<h2>Cells that did not run cleanly</h2>", problems.head(50).to_html(index=False)]
-    parts.append("<h2>Figures</h2>")
-    for p in figures:
-        data = base64.b64encode(p.read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(p.stem)}</h3><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    html_path = run_dir / "report.html"
-    store.atomic_write_bytes(html_path, "\n".join(parts).encode())
+
+def _text(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the text a reader sees: blank where a setting does not apply (not NaN),
+    floats to 4 significant digits (so a small cell's GFLOP/s does not read 0.0)."""
+    def show(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return "inf" if math.isinf(v) else f"{v:.4g}"
+        return str(v)
+
+    return df.astype(object).apply(lambda col: col.map(show))
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for kind, content in blocks:
+        if kind == "title":
+            out += [f"# {content}", ""]
+        elif kind == "heading":
+            out += [f"## {content}", ""]
+        elif kind == "paragraph":
+            out += [content, ""]
+        elif kind == "facts":
+            out += [f"- **{k}**: {v}" for k, v in content] + [""]
+        elif kind == "table":
+            out += [_markdown(content), ""]
+        elif kind == "figure":
+            out.append(f"![{content.stem}]({plots.FIGURES}/{content.name})")
+    return "\n".join(out + [""])
+
+
+def to_html(blocks: list[Block]) -> str:
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Associative-memory benchmark report</title>",
+           "<style>body{font-family:sans-serif;max-width:1500px;margin:auto;padding:1em}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
+           "img{max-width:100%}</style></head><body>"]
+    for kind, content in blocks:
+        if kind == "title":
+            out.append(f"<h1>{html.escape(content)}</h1>")
+        elif kind == "heading":
+            out.append(f"<h2>{html.escape(content)}</h2>")
+        elif kind == "paragraph":
+            out.append(f"<p>{html.escape(content)}</p>")
+        elif kind == "facts":
+            out.append("<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
+                                        for k, v in content) + "</ul>")
+        elif kind == "table":
+            out.append(content.to_html(index=False))
+        elif kind == "figure":
+            data = base64.b64encode(content.read_bytes()).decode()
+            out.append(f"<h3>{html.escape(content.stem)}</h3>"
+                       f"<img alt='{html.escape(content.stem)}' src='data:image/png;base64,{data}'>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build(run_dir: Path) -> tuple[Path, Path]:
+    """Write RUN_DIR/report.md and report.html from one document."""
+    blocks = document(run_dir)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    store.atomic_write_bytes(md_path, to_markdown(blocks).encode())
+    store.atomic_write_bytes(html_path, to_html(blocks).encode())
     return html_path, md_path
 
 
