@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import kernels
 from bench import capacity, environment, store, theory
+from kernels import streams
 from bench.spec import GLOVE_WORDS, Cell, SweepSpec
 
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
@@ -66,8 +67,7 @@ class _Programs:
             program = kernels.matrix_cell_program(family)
         fn = jax.jit(program, in_shardings=(batch, batch) + (replicated,) * len(args), out_shardings=(batch, batch),
                      donate_argnums=1)
-        cache = jax.ShapeDtypeStruct((self.seeds, family.kept_chunks + 1, family.chunk, family.d + family.dv),
-                                     np.dtype(family.dtype), sharding=batch)
+        cache = jax.ShapeDtypeStruct(streams.cache_shape(family, self.seeds), np.dtype(family.dtype), sharding=batch)
         seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
         compiled = fn.lower(seeds, cache, *args).compile()
         return compiled, time.perf_counter() - start
@@ -96,7 +96,7 @@ class _Programs:
         if self._cache is None or self._cache[0] != family:
             self._cache = None  # free the previous family's buffer first
             batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
-            self._cache = (family, jax.device_put(family.cache(self.seeds), batch))
+            self._cache = (family, jax.device_put(streams.new_cache(family, self.seeds), batch))
         metrics, buffer = compiled(seed_array, self._cache[1], *args)
         self._cache = (family, buffer)
         return jax.block_until_ready(metrics)
@@ -164,7 +164,7 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
             + q * family.k * dv * 2                     # running top-k values (topk)
             + q * width * 3                             # a block of scores and weights
             + c * (3 * d + 2 * dv) * 2)                 # one chunk of keys, values, noise, masks
-        cache = item * (family.kept_chunks + 1) * c * (d + dv)  # kept pairs (allocated once, not doubled)
+        cache = item * math.prod(streams.cache_shape(family, 1))  # kept pairs (allocated once, not doubled)
         return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
     d, dv, c, m = family.d, family.dv, family.chunk, family.queries
     per_seed = (
@@ -173,7 +173,7 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
         + item * c * (3 * d + 3 * dv) * 2              # one chunk of keys, values, noise, recalls
         + item * m * (c * 2 + dv * 2)                  # accuracy sample and its scores
     )
-    cache = item * (family.kept_chunks + 1) * c * (d + dv)  # kept pairs, incl. the first d (dual solve)
+    cache = item * math.prod(streams.cache_shape(family, 1))  # kept pairs, incl. the first d (dual solve)
     return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
 
 
@@ -203,10 +203,14 @@ def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
 
     def prefetch(cells: list[Cell]) -> None:
         """Compile every family the run will need, in order, in the background."""
+        seen: set = set()
         for cell in cells:
-            if cell.separation == "topk" and cell.topk > max(cell.n, 1) and not spec.capacity:
-                continue
+            if cell.separation == "topk" and cell.topk > cell.n:
+                continue  # skipped, never run
             f = family(cell)
+            if f in seen:
+                continue
+            seen.add(f)
             probe = dataclasses.replace(cell, n=max(cell.n, 1))
             if estimate_bytes(f, per_device) <= (available or math.inf):
                 try:

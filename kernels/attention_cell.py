@@ -46,13 +46,10 @@ class AttentionFamily(NamedTuple):
 
     @property
     def kept_chunks(self) -> int:
-        """Chunks the cache holds: the first pass draws them once, later passes read them
-        (keep: 0, or the most pairs a cell of the family stores; n > keep gives NaN metrics)."""
+        """Chunks the cache holds (its buffer: streams.new_cache): the first pass draws them
+        once, later passes read them (keep: 0, or the most pairs a cell of the family stores;
+        n > keep gives NaN metrics)."""
         return max(1, -(-self.keep // self.chunk))
-
-    def cache(self, seeds: int) -> jax.Array:
-        """A fresh cache buffer for ``seeds`` seeds: (seeds, kept + 1, chunk, d + dv)."""
-        return jnp.zeros((seeds, self.kept_chunks + 1, self.chunk, self.d + self.dv), self.dtype)
 
 
 class AttentionKnobs(NamedTuple):
@@ -79,12 +76,12 @@ def run_attention_cell(family: AttentionFamily, seeds, n, noise, knobs: Attentio
     Metrics (per seed) are over the recalled sample: cosine and distance to the true value,
     nearest-neighbour accuracy against all n stored values, random baselines as for a matrix
     cell. ``method`` is 0 and ``solved`` True (no solve)."""
-    return attention_cell_program(family)(seeds, family.cache(seeds.shape[0]), n, noise, knobs, table)[0]
+    return attention_cell_program(family)(seeds, streams.new_cache(family, seeds.shape[0]), n, noise, knobs, table)[0]
 
 
 def attention_cell_program(family: AttentionFamily):
     """The function a sweep compiles: (seeds, cache, n, noise, knobs[, table]) ->
-    (CellMetrics, cache), the cache buffer (family.cache) handed back so it can be donated."""
+    (CellMetrics, cache), the cache buffer (streams.new_cache) handed back so it can be donated."""
     f = family
     attention.check_settings(f.similarity, f.separation, d=f.d, dv=f.dv, heads=f.heads, steps=f.steps, k=f.k)
 
@@ -139,9 +136,11 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
 
         def attend(j, carry, qh=qh, first=step == 0):
             state, cache = carry
-            if first:
+            if first and f.keep:
                 keys, values, cache = streams.draw_and_keep(stream, cache, j)
                 keys, values, valid = only_valid(j, keys, values)
+            elif first:
+                keys, values, valid = pairs(j)
             else:
                 keys, values, valid = kept_pairs(j, cache)
             kh = sim.prepare(attention.split_heads(keys, h))

@@ -159,25 +159,20 @@ def _ls_update(w: Writer, state, K, V, precise, params):
     return state + lax.cond(precise, lambda: K.astype(wide).T @ KX.astype(wide), lambda: (K.T @ KX).astype(wide))
 
 
-def _pinv_finalize(w: Writer, state, n, params, first: First) -> Written:
-    if w.uses_qr:
-        return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
-    gram, cross = state[:, :w.d], state[:, w.d:]
-    W, ok, how = lax.cond(
-        n >= w.d,
-        lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
-        lambda: (*_dual_solve(first, w.d, w.wide), jnp.int32(DUAL)),
-    )
-    # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
-    return Written(W, ok, how, gram, cross)
-
-
-def _ridge_finalize(w: Writer, state, n, params, first: First) -> Written:
-    if w.uses_qr:
-        return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
-    gram, cross = state[:, :w.d], state[:, w.d:]
-    W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.wide), cross)
-    return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
+def _ls_finalize(ridge: bool):
+    """finalize of pinv (minimum norm: the dual solve below d pairs) or ridge (lam added)."""
+    def finalize(w: Writer, state, n, params, first: First) -> Written:
+        if w.uses_qr:
+            return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
+        gram, cross = state[:, :w.d], state[:, w.d:]
+        if ridge:
+            W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.wide), cross)
+            return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
+        W, ok, how = lax.cond(n >= w.d, lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
+                              lambda: (*_dual_solve(first, w.d, w.wide), jnp.int32(DUAL)))
+        # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
+        return Written(W, ok, how, gram, cross)
+    return finalize
 
 
 def _ls_flops(with_dual: bool):
@@ -202,20 +197,21 @@ def _delta_update(w: Writer, W, K, V, precise, params):
     return _delta_chunk(W, K, V, valid, params.eta, w.dtype)
 
 
-RULES: dict[str, Rule] = {
-    "pinv": Rule("pinv", _ls_init, _ls_update, _pinv_finalize, _ls_flops(with_dual=True), least_squares=True),
-    "hebbian": Rule(
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    Rule("pinv", _ls_init, _ls_update, _ls_finalize(ridge=False), _ls_flops(with_dual=True), least_squares=True),
+    Rule(
         "hebbian", lambda w, p: jnp.zeros((w.d, w.dv), w.wide), _hebbian_update,
         lambda w, cross, n, p, first: Written(cross.astype(w.dtype), jnp.bool_(True), jnp.int32(DIRECT)),
         lambda n, d, dv, passes: 2 * n * d * dv),
-    "ridge": Rule("ridge", _ls_init, _ls_update, _ridge_finalize, _ls_flops(with_dual=False), knobs=("lam",),
-                  least_squares=True),
-    "delta": Rule(
+    Rule("ridge", _ls_init, _ls_update, _ls_finalize(ridge=True), _ls_flops(with_dual=False), knobs=("lam",),
+         least_squares=True),
+    Rule(
         "delta", lambda w, p: jnp.zeros((w.d, w.dv), w.dtype), _delta_update,
         lambda w, W, n, p, first: Written(W, jnp.bool_(True), jnp.int32(DIRECT)),
         lambda n, d, dv, passes: passes * (4 * n * d * dv + 2 * n * DELTA_BLOCK * (d + dv)),
         knobs=("eta", "passes")),
-}
+)}
+
 
 def fold(w: Writer, source: Callable, n, params: Params, carry=None):
     """Fold the first n pairs into the rule's state, a chunk at a time: source(j, carry) ->

@@ -2,12 +2,13 @@
 every stored value from its (optionally corrupted) key, and reduce to metrics, with memory
 independent of n and one compiled program for every n, noise, mask and knob value.
 
-Three loops per seed, each a plain fori_loop with one random-number call site:
+Three loops per seed, each a plain fori_loop with at most one random-number call site:
 
 1. write: fold every chunk into the memory; keep the first chunks as drawn (the dual solve
    reads them, and they are the accuracy sample: the first min(n, queries) pairs);
-2. score: redraw every chunk, recall it, fold cosine and distance into running moments, and
-   scan its values for the nearest other value of each sampled recall;
+2. score: read every chunk from the cache (or draw it again, see MatrixFamily.keep), recall
+   it, fold cosine and distance into running moments, and scan its values for the nearest
+   other value of each sampled recall;
 3. baseline: independent random values for the random baselines.
 """
 
@@ -31,9 +32,9 @@ class MatrixFamily(NamedTuple):
     whether queries get noise / zeroed coordinates (the amounts are traced). keep: 0, or the
     most pairs a cell of the family stores: then the write keeps every pair and the score
     pass reads them instead of drawing them again (a cell with n > keep gets NaN metrics);
-    with 0 only the first max(queries, d) are kept (the sample, the dual solve). fallback: include the eigenvalue pseudoinverse
-    for rank-deficient keys; it costs compile time, so a sweep compiles it only for a cell
-    whose ``solved`` came back False."""
+    with 0 only the first max(queries, d) are kept (the sample, the dual solve). fallback:
+    include the eigenvalue pseudoinverse for rank-deficient keys; it costs compile time, so a
+    sweep compiles it only for a cell whose ``solved`` came back False."""
 
     rule: str
     d: int
@@ -54,11 +55,8 @@ class MatrixFamily(NamedTuple):
 
     @property
     def kept_chunks(self) -> int:
+        """Chunks the cache holds (its buffer: streams.new_cache)."""
         return -(-max(self.keep, self.queries, self.writer.first_rows, 1) // self.chunk)
-
-    def cache(self, seeds: int) -> jax.Array:
-        """A fresh cache buffer for ``seeds`` seeds: (seeds, kept + 1, chunk, d + dv)."""
-        return jnp.zeros((seeds, self.kept_chunks + 1, self.chunk, self.d + self.dv), self.dtype)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -69,12 +67,12 @@ def run_matrix_cell(family: MatrixFamily, seeds, n, noise, params: matrix.Params
     query's coordinates zeroed (after the noise; read when family.masked); table: (V, t) real
     vectors when family.patterns is streams.TABLE. Jit-compiled once per family (and argument
     dtypes); metrics per seed."""
-    return matrix_cell_program(family)(seeds, family.cache(seeds.shape[0]), n, noise, params, mask, table)[0]
+    return matrix_cell_program(family)(seeds, streams.new_cache(family, seeds.shape[0]), n, noise, params, mask, table)[0]
 
 
 def matrix_cell_program(family: MatrixFamily):
     """The function a sweep compiles: (seeds, cache, n, noise, params, mask[, table]) ->
-    (CellMetrics, cache), the cache buffer (family.cache) passed in and handed back so it
+    (CellMetrics, cache), the cache buffer (streams.new_cache) passed in and handed back so it
     can be donated: no allocation per cell."""
     if family.rule not in matrix.RULES:
         raise ValueError(f"unknown matrix memory {family.rule!r}; use one of {', '.join(matrix.RULES)}")
@@ -96,12 +94,12 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     w = f.writer
 
     def only_valid(j, keys, values):
-        valid = streams.valid_rows(j, chunk, n)[:, None]
-        return jnp.where(valid, keys, 0), jnp.where(valid, values, 0)
+        valid = streams.valid_rows(j, chunk, n)
+        return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
     def source(j, cache):
         keys, values, cache = streams.draw_and_keep(stream, cache, j)
-        return *only_valid(j, keys, values), cache
+        return *only_valid(j, keys, values)[:2], cache
 
     # The score pass reads the pairs the write kept, or draws them again (see MatrixFamily.keep).
     second = (lambda j: streams.read_kept(stream, cache, j)) if f.keep else stream.pairs
@@ -139,12 +137,10 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     own = metrics.squared_distance_to_own(recalled, true_values)
     r2 = metrics.row_dot(recalled, recalled)
 
-    # Loop 2: recall and score every chunk (read from the cache where it holds them); scan its
-    # values for each sample's nearest other.
+    # Loop 2: recall and score every chunk; scan its values for each sample's nearest other.
     def score(j, carry):
         moments, nearest = carry
-        keys, values = only_valid(j, *second(j))
-        valid = streams.valid_rows(j, chunk, n)
+        keys, values, valid = only_valid(j, *second(j))
         queries = streams.queries_of(stream, j, keys, noise_std, mask, noisy=f.noisy, masked=f.masked)
         cos, dist = metrics.row_cos_dist(recall(queries), values, wide)
         return (moments.add(cos, dist, valid.astype(wide)),

@@ -44,11 +44,6 @@ def entry_scale(dist: str, d: int) -> float:
     return d**-0.5 if dist == "sphere" else 1.0
 
 
-def sample(key: jax.Array, shape: tuple[int, int], dist: str, dtype) -> jax.Array:
-    """Rows of i.i.d. patterns. shape: (rows, dim)."""
-    return shape_patterns(jax.random.normal(key, shape, dtype), dist)
-
-
 def shape_patterns(x: jax.Array, dist: str) -> jax.Array:
     """Standard normal rows -> rows of ``dist``: the normal itself, its direction (uniform on
     the unit sphere), or its signs (+-1). One normal draw serves every distribution."""
@@ -140,12 +135,12 @@ def open_stream(seed, *, d: int, dv: int, patterns: str, chunk: int, dtype, tabl
         scale=entry_scale(patterns, d))
 
 
-def table_key(seed, d: int, dv: int):
+def _table_key(seed, d: int, dv: int):
     return jax.random.fold_in(jax.random.key(seed), d * 65536 + dv)
 
 
 def _table_stream(seed, table, *, d: int, dv: int, chunk: int, dtype) -> Stream:
-    key = table_key(seed, d, dv)
+    key = _table_key(seed, d, dv)
     rows_total, width = table.shape
     perm = jax.random.permutation(jax.random.fold_in(key, 0x7A81E), rows_total)
 
@@ -197,6 +192,17 @@ def _check_dist(dist: str) -> None:
 # zeroed per cell. A family either keeps every pair it will store (later passes read, no
 # random-number call site) or only the first chunks a cell needs (later passes draw again):
 # a branch between reading and drawing would cost compile time in every family.
+
+
+def cache_shape(family, seeds: int) -> tuple[int, int, int, int]:
+    """The cache buffer of a family (matrix or attention) for ``seeds`` seeds:
+    (seeds, kept_chunks + 1, chunk, d + dv)."""
+    return seeds, family.kept_chunks + 1, family.chunk, family.d + family.dv
+
+
+def new_cache(family, seeds: int) -> jax.Array:
+    """A fresh cache buffer of ``family`` for ``seeds`` seeds."""
+    return jnp.zeros(cache_shape(family, seeds), family.dtype)
 
 
 def draw_and_keep(stream: Stream, cache, j):

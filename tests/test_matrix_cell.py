@@ -11,6 +11,7 @@ import pytest
 
 import kernels
 from bench import theory
+from kernels import streams
 from tests.conftest import TOLERANCE, materialize, materialize_mask, reference_metrics, reference_write
 
 
@@ -199,7 +200,7 @@ def test_the_cache_changes_no_number(rule, n):
     for keep in (0, 1024):
         family = kernels.MatrixFamily(rule, 16, 16, "gaussian", chunk=64, queries=64, noisy=True, masked=True, keep=keep)
         program = jax.jit(kernels.matrix_cell_program(family), donate_argnums=1)
-        out, cache = program(seeds, family.cache(2), *kernels.matrix_args(family, n, 0.1, 1.0, 1.0, 2, 0.25))
+        out, cache = program(seeds, streams.new_cache(family, 2), *kernels.matrix_args(family, n, 0.1, 1.0, 1.0, 2, 0.25))
         assert cache.shape == (2, family.kept_chunks + 1, 64, 32)  # handed back for the next cell
         results.append({k: np.asarray(v) for k, v in out._asdict().items()})
     for other in results[1:]:

@@ -82,6 +82,7 @@ configure_jax()
 from bench.environment import matmul_gflops
 rate = matmul_gflops()
 import jax, jax.numpy as jnp, kernels
+from kernels.streams import new_cache
 from bench import sweep
 from bench.spec import Cell
 d, n = 1024, 2**20
@@ -91,9 +92,9 @@ shape = kernels.MatrixFamily("pinv", d, d, "gaussian", chunk=kernels.default_chu
 seeds = jnp.arange(1, dtype=jnp.int32)
 t0 = time.perf_counter()
 compiled = jax.jit(kernels.matrix_cell_program(shape), donate_argnums=1).lower(
-    seeds, shape.cache(1), *kernels.matrix_args(shape, 4, 0.0)).compile()
+    seeds, new_cache(shape, 1), *kernels.matrix_args(shape, 4, 0.0)).compile()
 t1 = time.perf_counter()
-out, _ = compiled(seeds, shape.cache(1), *kernels.matrix_args(shape, n, 0.0))
+out, _ = compiled(seeds, new_cache(shape, 1), *kernels.matrix_args(shape, n, 0.0))
 out = jax.block_until_ready(out)
 t2 = time.perf_counter()
 # VmHWM is this process's own peak; ru_maxrss would carry over the peak of the process that
