@@ -30,10 +30,6 @@ def configure_jax() -> None:
     jax.config.update("jax_threefry_partitionable", False)
 
 
-def default_compile_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "associative-memory-bench" / "jax"
-
-
 def enable_compile_cache(path: Path) -> None:
     """JAX's persistent compilation cache: a second run of the same families loads its
     programs instead of compiling them (compile_s then measures the load)."""

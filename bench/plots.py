@@ -11,7 +11,6 @@ state), and no timestamps in the files: the same data gives the same bytes.
 from __future__ import annotations
 
 import io
-import math
 import sys
 from pathlib import Path
 
@@ -20,91 +19,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench import store
+from bench import rundir, store
 
-FIGURES = "figures"
-COS_THRESHOLD = 0.9
-ACC_THRESHOLD = 0.99
-SETTING_COLUMNS = list(store.SETTING_FIELDS)
-_KNOB_COLUMNS = ("lam", "eta", "passes", "similarity", "separation", "beta", "topk", "degree", "heads", "steps")
-# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (normal beyond).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+from bench.summaries import (ACC_THRESHOLD, COS_THRESHOLD, SETTING_COLUMNS, memory_name, setting_name,
+                             summarize)
 
-
-def _given(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def memory_name(row) -> str:
-    """The memory and the knobs it reads, e.g. 'attention scaled_dot topk beta=1 topk=8'."""
-    parts = [str(row["kernel"])]
-    for knob in _KNOB_COLUMNS:
-        value = row.get(knob)
-        if not _given(value) or (knob in ("heads", "steps") and int(value) == 1):
-            continue
-        parts.append(str(value) if knob in ("similarity", "separation") else f"{knob}={_num(value)}")
-    return " ".join(parts)
-
-
-def setting_name(row) -> str:
-    parts = [memory_name(row), f"noise={_num(row['noise'])}"]
-    if _given(row.get("mask")) and row["mask"] > 0:
-        parts.append(f"mask={_num(row['mask'])}")
-    if row["patterns"] != "gaussian":
-        parts.append(str(row["patterns"]))
-    if row["dtype"] != "float32":
-        parts.append(str(row["dtype"]))
-    return " ".join(parts)
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% half-width over seeds per (setting, d, n), ok rows only."""
-    ok = df[df["status"] == "ok"]
-    keys = SETTING_COLUMNS + ["d", "n"]
-    grouped = ok.groupby(keys, dropna=False)
-    out = grouped.agg(cos=("cos_mean", "mean"), cos_sd=("cos_mean", "std"), dist=("dist_mean", "mean"),
-                      dist_sd=("dist_mean", "std"), acc=("acc", "mean"), acc_sd=("acc", "std"),
-                      seeds=("seed", "count"), baseline_cos=("baseline_cos", "mean"),
-                      baseline_dist=("baseline_dist", "mean"), theory_cos=("theory_cos", "first")).reset_index()
-    t = out["seeds"].map(lambda s: _T975[s - 2] if 2 <= s <= 31 else (1.96 if s > 31 else 0.0))
-    for m in ("cos", "dist", "acc"):
-        out[f"{m}_ci"] = (t * out[f"{m}_sd"].fillna(0) / np.sqrt(out["seeds"])).fillna(0)
-    return out
-
-
-def capacity_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (setting, d): the largest n of the grid up to which (at that n and every smaller
-    one) the seed-mean cosine stays >= 0.9 and the accuracy >= 0.99. A value at the grid's
-    largest n is reported as ">= n"; none as "< smallest n"."""
-    summary = summarize(df)
-    rows = []
-    for key, group in summary.groupby(SETTING_COLUMNS + ["d"], dropna=False, sort=True):
-        group = group.sort_values("n")
-        row = dict(zip(SETTING_COLUMNS + ["d"], key))
-        row["setting"] = setting_name(row)
-        row["n_cos"] = _largest(group, group["cos"] >= COS_THRESHOLD)
-        row["n_acc"] = _largest(group, group["acc"] >= ACC_THRESHOLD)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=SETTING_COLUMNS + ["d", "setting", "n_cos", "n_acc"])
-
-
-def _largest(group: pd.DataFrame, holds: pd.Series) -> str:
-    ns = group["n"].to_numpy()
-    holds = holds.to_numpy()
-    if not holds[0]:
-        return f"< {ns[0]}"
-    last = len(holds) if holds.all() else int(np.argmin(holds))
-    return f">= {ns[-1]}" if last == len(holds) else str(ns[last - 1])
-
-
-def draw_all(run_dir: Path) -> list[Path]:
+def draw_all(run: rundir.Run) -> list[Path]:
     """Draw every figure of a run into RUN_DIR/figures (PNG and SVG); returns the PNG paths."""
-    df = store.load_results(run_dir)
-    fig_dir = run_dir / FIGURES
+    fig_dir = run.figures_dir
     fig_dir.mkdir(exist_ok=True)
-    summary = summarize(df)
+    summary = summarize(run.results)
     written = []
     for key, group in summary.groupby(SETTING_COLUMNS, dropna=False, sort=True):
         setting = dict(zip(SETTING_COLUMNS, key))
@@ -123,14 +47,10 @@ def draw_all(run_dir: Path) -> list[Path]:
         group = summary[(summary["d"] == side) & (summary["noise"] == 0) & (summary["patterns"] == "gaussian")
                         & ~(summary["mask"].fillna(0) > 0)]
         written.append(_save(_memories_figure(group, side), fig_dir / f"matrix_vs_attention_d={side}"))
-    from bench import hallucination
-
-    curve = hallucination.load(run_dir)
-    if curve is not None:
-        written.append(_save(_hallucination_figure(curve), fig_dir / "fuzzy_kv_hallucination"))
-    found = store.load_capacity(run_dir)
-    if found is not None and len(found):
-        written.append(_save(capacity_figure(found), fig_dir / "capacity_vs_d"))
+    if run.hallucination is not None:
+        written.append(_save(_hallucination_figure(run.hallucination), fig_dir / "fuzzy_kv_hallucination"))
+    if run.capacity is not None and len(run.capacity):
+        written.append(_save(capacity_figure(run.capacity), fig_dir / "capacity_vs_d"))
     return written
 
 
@@ -291,10 +211,6 @@ def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "=.-" else "_" for c in name)
 
 
-def _num(x) -> str:
-    return f"{float(x):g}"
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -302,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        paths = draw_all(args.run_dir)
+        paths = draw_all(rundir.read(args.run_dir))
     except store.StoreError as e:
         print(f"bench.plots: error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(paths)} figures written to {args.run_dir / FIGURES}")
+    print(f"{len(paths)} figures written to {args.run_dir / store.FIGURES}")
     return 0
 
 

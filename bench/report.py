@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from bench import plots, store
+from bench import rundir, store
+from bench.summaries import ACC_THRESHOLD, COS_THRESHOLD, capacity_table, setting_name, timing_table
 
 
 THEORY_NOTE = (
@@ -34,17 +35,6 @@ SEARCH_NOTE = (
     "with exact queries. They are scales, not the n at the threshold.")
 
 
-def timing_table(df: pd.DataFrame, matmul_gflops: float | None) -> pd.DataFrame:
-    """Per (kernel, attention similarity and separation, d): cells, compile and run seconds, achieved GFLOP/s and its share of the
-    matmul rate measured in the same process."""
-    ok = df[df["status"].isin(["ok", "nan"])]
-    t = ok.groupby(["kernel", "similarity", "separation", "d"], dropna=False).agg(cells=("cell_id", "nunique"), compile_s=("compile_s", "sum"),
-                                        run_s=("run_s", "sum"), flops=("flops", "sum")).reset_index()
-    t["gflops"] = t["flops"] / t["run_s"].where(t["run_s"] > 0) / 1e9
-    t["of_matmul"] = t["gflops"] / matmul_gflops if matmul_gflops else float("nan")
-    return t
-
-
 class Block(NamedTuple):
     """One block of the report's document model, rendered to markdown and to HTML alike.
     kind: "title", "heading", "paragraph", "facts" (label, text pairs), "table" (a DataFrame
@@ -54,11 +44,10 @@ class Block(NamedTuple):
     content: Any
 
 
-def document(run_dir: Path) -> list[Block]:
+def document(run: rundir.Run) -> list[Block]:
     """The report of a run, once: every section as blocks, from its parquet, manifest and figures."""
-    manifest = store.read_manifest(run_dir)
-    df = store.load_results(run_dir)
-    capacity = plots.capacity_table(df)
+    manifest, df = run.manifest, run.results
+    capacity = capacity_table(df)
     timings = timing_table(df, manifest.get("matmul_gflops"))
     status = df["status"].value_counts().to_dict()
     problems = df[df["status"] != "ok"][["kernel", "similarity", "separation", "topk", "d", "n", "noise", "seed",
@@ -81,22 +70,20 @@ def document(run_dir: Path) -> list[Block]:
               Block("facts", about), Block("table", spec),
               Block("paragraph", "Dashed lines: random baseline. Dotted: theory (see bench/theory.py; approximate "
                                  "at small d)."), Block("paragraph", THEORY_NOTE)]
-    found = store.load_capacity(run_dir)
+    found = run.capacity
     if found is not None and len(found):
-        searched = found.assign(setting=[plots.setting_name(r) for _, r in found.iterrows()],
+        searched = found.assign(setting=[setting_name(r) for _, r in found.iterrows()],
                                 probes=found["probes_n"].map(len))
         searched = searched[["setting", "d", "capacity_text", "acc_at_capacity", "probes", "theory_scale"]].rename(
             columns={"capacity_text": f"capacity (accuracy >= {found['threshold'].iloc[0]:g})"})
         blocks += [Block("heading", "Capacity search"), Block("paragraph", SEARCH_NOTE), Block("table", _text(searched))]
     cap = capacity[["setting", "d", "n_cos", "n_acc"]].rename(
-        columns={"n_cos": f"largest n with cos >= {plots.COS_THRESHOLD}", "n_acc": f"largest n with acc >= {plots.ACC_THRESHOLD}"})
+        columns={"n_cos": f"largest n with cos >= {COS_THRESHOLD}", "n_acc": f"largest n with acc >= {ACC_THRESHOLD}"})
     blocks += [Block("heading", "Capacity on the grid"), Block("table", _text(cap)), Block("heading", "Timings"),
                Block("paragraph", "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from "
                                   "analytic FLOP counts, of_matmul its share of the matmul rate."),
                Block("table", _text(timings.drop(columns=["flops"])))]
-    from bench import hallucination
-
-    curve = hallucination.load(run_dir)
+    curve = run.hallucination
     if curve is not None:
         blocks += [Block("heading", "Fuzzy key-value store: hallucination vs beta"),
                    Block("paragraph", "Records map 24 words to 8 categories; each held-out word (in no record) is "
@@ -105,7 +92,7 @@ def document(run_dir: Path) -> list[Block]:
     if len(problems):
         blocks += [Block("heading", "Cells that did not run cleanly"), Block("table", _text(problems.head(50)))]
     blocks.append(Block("heading", "Figures"))
-    blocks += [Block("figure", p) for p in sorted((run_dir / plots.FIGURES).glob("*.png"))]
+    blocks += [Block("figure", p) for p in run.figures()]
     return blocks
 
 
@@ -136,7 +123,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif kind == "table":
             out += [_markdown(content), ""]
         elif kind == "figure":
-            out.append(f"![{content.stem}]({plots.FIGURES}/{content.name})")
+            out.append(f"![{content.stem}]({store.FIGURES}/{content.name})")
     return "\n".join(out + [""])
 
 
@@ -165,10 +152,10 @@ def to_html(blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def build(run_dir: Path) -> tuple[Path, Path]:
+def build(run: rundir.Run) -> tuple[Path, Path]:
     """Write RUN_DIR/report.md and report.html from one document."""
-    blocks = document(run_dir)
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    blocks = document(run)
+    md_path, html_path = run.path / "report.md", run.path / "report.html"
     store.atomic_write_bytes(md_path, to_markdown(blocks).encode())
     store.atomic_write_bytes(html_path, to_html(blocks).encode())
     return html_path, md_path
@@ -189,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        html_path, md_path = build(args.run_dir)
+        html_path, md_path = build(rundir.read(args.run_dir))
     except store.StoreError as e:
         print(f"bench.report: error: {e}", file=sys.stderr)
         return 2

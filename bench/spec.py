@@ -9,29 +9,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNELS = ("pinv", "hebbian", "ridge", "delta", "attention")
+from kernels.names import (DTYPES, KERNELS, KNOBS, LEAST_SQUARES, PATTERNS, SEPARATION_KNOBS, SEPARATIONS,
+                           SIMILARITIES, memory_label)
+from kernels.names import MEMORIES as _MEMORIES
+from kernels.names import METHODS as _SOLVE_METHODS
+
 # Pairs are counted in int32 on the device: n stays below this.
 MAX_PAIRS = 2**31
-# Memories that solve a least-squares problem: --method applies to them.
-LEAST_SQUARES = ("pinv", "ridge")
-# Attention settings (kept in step with kernels.attention, which this module does not import:
-# validating a spec must not start JAX).
-SIMILARITIES = ("dot", "scaled_dot", "cosine", "euclidean", "manhattan")
-SEPARATIONS = ("softmax", "topk", "max", "polynomial", "identity")
-PATTERNS = ("gaussian", "sphere", "binary", "glove")
 # GloVe 6B 50-d: pairs are distinct words among the most frequent GLOVE_WORDS.
 GLOVE_DIM = 50
 GLOVE_WORDS = 100_000
-DTYPES = ("float32", "float64")
-METHODS = ("auto", "gram64", "qr32")
-# Knobs of each memory: the spec field that sweeps it. Other knobs are not columns of its rows.
-KNOBS = {"pinv": (), "hebbian": (), "ridge": ("lam",), "delta": ("eta", "passes"),
-         "attention": ("similarity", "separation", "beta", "topk", "degree", "heads", "steps")}
-# Attention knobs that only some separations read (the others get None in their rows).
-SEPARATION_KNOBS = {"beta": ("softmax", "topk"), "topk": ("topk",), "degree": ("polynomial",)}
-# Axes of the spec that are tuples (sweep axes).
-AXES = ("kernels", "d", "n", "noise", "lam", "eta", "passes", "patterns", "similarity", "separation", "beta", "topk",
-        "degree", "heads", "steps", "mask")
+METHODS = ("auto", *_SOLVE_METHODS)
+# Knobs of each memory: the spec fields that sweep it. Other knobs are not columns of its rows.
+KNOBS_OF = {memory: m.knobs for memory, m in _MEMORIES.items()}
+# Axes of the spec that are tuples (sweep axes): the grid's own, then every memory knob.
+AXES = ("kernels", "d", "n", "noise", "patterns", *KNOBS, "mask")
+# Scalar settings of the spec that the command line sets (with the axes).
+SCALARS = ("seeds", "dv", "dtype", "acc_queries", "method", "capacity", "threshold", "max_n")
 
 
 class SpecError(ValueError):
@@ -81,16 +75,16 @@ class SweepSpec:
     dv: int | None = None
     dtype: str = "float32"
     patterns: tuple[str, ...] = ("gaussian",)
-    lam: tuple[float, ...] = (1.0,)
-    eta: tuple[float, ...] = (1.0,)
-    passes: tuple[int, ...] = (1,)
-    similarity: tuple[str, ...] = ("dot",)
-    separation: tuple[str, ...] = ("softmax",)
-    beta: tuple[float, ...] = (1.0,)
-    topk: tuple[int, ...] = (8,)
-    degree: tuple[float, ...] = (3.0,)
-    heads: tuple[int, ...] = (1,)
-    steps: tuple[int, ...] = (1,)
+    lam: tuple[float, ...] = KNOBS["lam"].default
+    eta: tuple[float, ...] = KNOBS["eta"].default
+    passes: tuple[int, ...] = KNOBS["passes"].default
+    similarity: tuple[str, ...] = KNOBS["similarity"].default
+    separation: tuple[str, ...] = KNOBS["separation"].default
+    beta: tuple[float, ...] = KNOBS["beta"].default
+    topk: tuple[int, ...] = KNOBS["topk"].default
+    degree: tuple[float, ...] = KNOBS["degree"].default
+    heads: tuple[int, ...] = KNOBS["heads"].default
+    steps: tuple[int, ...] = KNOBS["steps"].default
     mask: tuple[float, ...] = (0.0,)
     acc_queries: int = 1024
     method: str = "auto"
@@ -112,7 +106,7 @@ class SweepSpec:
             for v in getattr(self, name):
                 if v not in allowed:
                     raise SpecError(f"{name}: unknown {name.rstrip('s')} {v!r}; choose from {', '.join(allowed)}")
-        for name in ("d", "n", "passes", "topk", "heads", "steps"):
+        for name in ("d", "n", *_knobs_of_kind(int)):
             for v in getattr(self, name):
                 if not _positive_int(v):
                     raise SpecError(f"{name}: {v!r} is not a positive integer; give whole numbers >= 1")
@@ -175,9 +169,9 @@ class SweepSpec:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise SpecError(f"{name}: {list(values)} repeats a value; list each value once")
-        for name in ("d", "n", "passes", "topk", "heads", "steps"):
+        for name in ("d", "n", *_knobs_of_kind(int)):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        for name in ("noise", "lam", "eta", "beta", "degree", "mask"):
+        for name in ("noise", *_knobs_of_kind(float), "mask"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "threshold", float(self.threshold))
 
@@ -226,7 +220,7 @@ class SweepSpec:
 
     def _knob_grid(self, kernel: str) -> list[dict[str, Any]]:
         grid: list[dict[str, Any]] = [dict()]
-        for knob in KNOBS[kernel]:
+        for knob in KNOBS_OF[kernel]:
             expanded = []
             for g in grid:
                 applies = knob not in SEPARATION_KNOBS or g["separation"] in SEPARATION_KNOBS[knob]
@@ -278,16 +272,7 @@ class Cell:
 
     def knob_text(self) -> str:
         """The memory and the knobs it reads, e.g. 'attention scaled_dot topk beta=1 topk=8'."""
-        parts = [self.kernel]
-        for knob in KNOBS[self.kernel]:
-            value = getattr(self, knob)
-            if value is None:
-                continue
-            if knob in ("similarity", "separation"):
-                parts.append(str(value))
-            elif not (knob in ("heads", "steps") and value == 1):
-                parts.append(f"{knob}={value:g}" if isinstance(value, float) else f"{knob}={value}")
-        return " ".join(parts)
+        return memory_label(self.kernel, dataclasses.asdict(self))
 
     def setting_label(self) -> str:
         """The cell without its n: what a capacity search varies n over."""
@@ -296,6 +281,10 @@ class Cell:
 
     def label(self) -> str:
         return f"{self.setting_label()} n={self.n}"
+
+
+def _knobs_of_kind(kind: type) -> tuple[str, ...]:
+    return tuple(k.name for k in KNOBS.values() if k.kind is kind)
 
 
 def _positive_int(v: Any) -> bool:

@@ -4,7 +4,8 @@ reader (or a killed run) never sees half a file.
 
 Layout of a run, ``<out>/<run_id>/``: manifest.json, parts/<cell id>.parquet (one per
 finished cell), results.parquet (all parts merged, with the manifest in its schema
-metadata), capacity.parquet (a --capacity run's search results), figures/, report.html, report.md.
+metadata), capacity.parquet (a --capacity run's search results), hallucination.parquet (the fuzzy
+store's curve), figures/, report.html, report.md. ``bench.rundir`` reads them back in one call.
 """
 
 from __future__ import annotations
@@ -21,25 +22,21 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kernels.names import KNOBS
+
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 PARTS = "parts"
+FIGURES = "figures"
+HALLUCINATION = "hallucination.parquet"
 
 # The one place the result columns are defined. Column docs live in the README.
 SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("cell_id", pa.string()),
     ("kernel", pa.string()),
-    ("lam", pa.float64()),
-    ("eta", pa.float64()),
-    ("passes", pa.int64()),
-    ("similarity", pa.string()),
-    ("separation", pa.string()),
-    ("beta", pa.float64()),
-    ("topk", pa.int64()),
-    ("degree", pa.float64()),
-    ("heads", pa.int64()),
-    ("steps", pa.int64()),
+    # One column per memory knob (kernels.names), null where a memory does not read it.
+    *[(k.name, {int: pa.int64(), float: pa.float64(), str: pa.string()}[k.kind]) for k in KNOBS.values()],
     ("mask", pa.float64()),
     ("patterns", pa.string()),
     ("dtype", pa.string()),
@@ -67,8 +64,7 @@ SCHEMA = pa.schema([
     ("error", pa.string()),
 ])
 # The capacity table of a --capacity run: one row per (memory setting, patterns, d, noise, mask).
-SETTING_FIELDS = ("kernel", "lam", "eta", "passes", "similarity", "separation", "beta", "topk", "degree", "heads",
-                  "steps", "patterns", "dtype", "noise", "mask")
+SETTING_FIELDS = ("kernel", *KNOBS, "patterns", "dtype", "noise", "mask")
 CAPACITY_SCHEMA = pa.schema(
     [(name, SCHEMA.field(name).type) for name in ("run_id",) + SETTING_FIELDS + ("d", "dv")] + [
         ("threshold", pa.float64()),    # mean accuracy over seeds that must hold

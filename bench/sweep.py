@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import kernels
 from bench import capacity, environment, store, theory
-from kernels import streams
+from kernels import names, streams
 from bench.spec import GLOVE_WORDS, Cell, SweepSpec
 
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
@@ -134,17 +134,23 @@ def keep_pairs(cell: Cell, largest_n: int, seeds_per_device: int, budget: int) -
 def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:
     """The dynamic arguments of a cell's program, with the dtypes the program expects."""
     if isinstance(family, kernels.AttentionFamily):
-        args = kernels.attention_args(family, cell.n, cell.noise, cell.beta or 1.0, cell.degree or 3.0,
+        args = kernels.attention_args(family, cell.n, cell.noise, _knob(cell, "beta"), _knob(cell, "degree"),
                                       cell.mask or 0.0)
-    else:
-        args = kernels.matrix_args(family, cell.n, cell.noise, cell.lam or 0.0, cell.eta or 1.0, cell.passes or 1,
-                                   cell.mask or 0.0)
+    else:  # pinv is ridge at lambda = 0
+        args = kernels.matrix_args(family, cell.n, cell.noise, cell.lam or 0.0, _knob(cell, "eta"),
+                                   _knob(cell, "passes"), cell.mask or 0.0)
     if family.patterns == kernels.TABLE:
         args = (*args, glove_table(mesh))
     return args
 
 
 @lru_cache(maxsize=1)
+def _knob(cell: Cell, name: str):
+    """The cell's value of a knob, or its default where the cell's memory does not read it."""
+    value = getattr(cell, name)
+    return names.default(name) if value is None else value
+
+
 def glove_table(mesh: Mesh) -> jax.Array:
     """The GLOVE_WORDS most frequent GloVe 6B 50-d vectors, replicated on every device."""
     from fuzzy_kv.embeddings import Embeddings
@@ -177,12 +183,13 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
     return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
 
 
-def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
-              on_cell_done: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save: Callable[[], None],
+              progress: bool | None = None, on_cell_done: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run every cell of ``spec`` not yet finished in ``run_dir`` (or, for a capacity spec,
-    every search, reusing finished probes). Returns the manifest, with ``cell_order``: the
-    cells whose parts make up the run, in order."""
-    manifest = store.read_manifest(run_dir)
+    every search, reusing finished probes). ``manifest`` is the run's, held by bench.pipeline:
+    the sweep adds to it (``cell_ids`` before the first part, then ``compiled_programs``,
+    ``compile_wait_s`` and ``cell_order``, the parts that make up the run, in order) and calls
+    ``save`` where the addition must reach the disk before anything else does. Returns it."""
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("seeds",))
     seeds = list(range(spec.seeds))
@@ -222,7 +229,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, *, progress: bool | None = None,
     # Runs written before cell ids hashed every setting name their parts by Cell.legacy_id.
     if "cell_ids" not in manifest:  # fixed before the first part is written
         manifest["cell_ids"] = store.CELL_IDS if not done else 1
-        store.write_manifest(run_dir, manifest)
+        save()
     part_id = (lambda c: c.id) if manifest["cell_ids"] == store.CELL_IDS else (lambda c: c.legacy_id)
 
     def run_cell(cell: Cell) -> list[dict[str, Any]]:
@@ -352,12 +359,11 @@ def _run_one(cell: Cell, family: Family, programs: _Programs, seed_array, n_seed
 
 
 def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
-    knobs = {k: getattr(cell, k) for k in ("lam", "eta", "passes", "similarity", "separation", "beta", "topk",
-                                          "degree", "heads", "steps", "mask")}
+    knobs = {k: getattr(cell, k) for k in (*names.KNOBS, "mask")}
     if cell.kernel == "attention":
         flops = kernels.attention_flops(cell.n, cell.d, cell.dv, cell.queries, cell.steps)
     else:
-        flops = kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, cell.passes or 1)
+        flops = kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, _knob(cell, "passes"))
     return dict(
         run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
         d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise, **knobs,

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from kernels import names
+
 # The similarities of the fuzzy store (softmax_attend), which needs the full weight matrix.
 SIMILARITIES = ("dot", "scaled_dot", "cosine")
 
@@ -84,13 +86,14 @@ SIMILARITY_REGISTRY: dict[str, Similarity] = {s.name: s for s in (
     Similarity("manhattan", _same, _manhattan),
 )}
 ALL_SIMILARITIES = tuple(SIMILARITY_REGISTRY)
+names.check_implemented("similarity", SIMILARITY_REGISTRY, names.SIMILARITIES)
 
 
 class Knobs(NamedTuple):
     """Traced knobs of the separations: inverse temperature beta, polynomial degree."""
 
-    beta: jax.Array | float = 1.0
-    degree: jax.Array | float = 3.0
+    beta: jax.Array | float = names.default("beta")
+    degree: jax.Array | float = names.default("degree")
 
 
 class Separation(NamedTuple):
@@ -98,14 +101,17 @@ class Separation(NamedTuple):
 
     init(heads, nq, dvh, k, dtype) -> state before any block; update(state, scores (h, q, b),
     vb (h, b, dvh), valid (b,), knobs) -> state; result(state, knobs) -> recalled (h, q, dvh).
-    knobs: the knobs it reads (of beta, topk, degree); method: the label of its rows."""
+    method: the label of its rows. The knobs it reads are declared in ``kernels.names``."""
 
     name: str
     init: Callable
     update: Callable
     result: Callable
-    knobs: tuple[str, ...]
     method: str
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        return names.SEPARATIONS[self.name]
 
 
 def _softmax_update(state, scores, vb, valid, knobs):
@@ -162,16 +168,17 @@ SEPARATION_REGISTRY: dict[str, Separation] = {s.name: s for s in (
     Separation("softmax",
                lambda h, nq, dvh, k, dtype: (jnp.full((h, nq), -jnp.inf, dtype), jnp.zeros((h, nq), dtype),
                                              jnp.zeros((h, nq, dvh), dtype)),
-               _softmax_update, lambda state, knobs: state[2] / state[1][..., None], ("beta",), "online"),
-    Separation("topk", _top_init(None), _top_update, _topk_result, ("beta", "topk"), "running-top-k"),
-    Separation("max", _top_init(1), _top_update, lambda state, knobs: state[1][:, :, 0], (), "running-top-k"),
+               _softmax_update, lambda state, knobs: state[2] / state[1][..., None], "online"),
+    Separation("topk", _top_init(None), _top_update, _topk_result, "running-top-k"),
+    Separation("max", _top_init(1), _top_update, lambda state, knobs: state[1][:, :, 0], "running-top-k"),
     Separation("polynomial", _sums_init,
                _weighted_sum_update(lambda s, knobs: jnp.maximum(s, 0.0) ** knobs.degree),
-               _normalised_result, ("degree",), "online"),
+               _normalised_result, "online"),
     Separation("identity", _sums_init, _weighted_sum_update(lambda s, knobs: s),
-               lambda state, knobs: state[1], (), "online"),
+               lambda state, knobs: state[1], "online"),
 )}
 SEPARATIONS = tuple(SEPARATION_REGISTRY)
+names.check_implemented("separation", SEPARATION_REGISTRY, names.SEPARATIONS)
 
 
 def check_settings(similarity: str, separation: str, *, d: int, dv: int, heads: int = 1, steps: int = 1,

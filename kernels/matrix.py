@@ -29,9 +29,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
+from kernels import names
 from kernels.metrics import accumulate_dtype
 
-METHODS = ("gram64", "qr32")
+METHODS = names.METHODS
 # How each cell's solve went, stored per row (see METHOD_NAMES).
 PRIMAL, DUAL, EIGH, QR, DIRECT = 0, 1, 2, 3, 4
 METHOD_NAMES = ("gram64-cholesky", "gram64-dual-cholesky", "gram64-eigh", "qr32", "direct")
@@ -50,9 +51,9 @@ class Params(NamedTuple):
     1/||k||^2 (eta = 1 is the classic normalised rule). passes: delta-rule epochs.
     """
 
-    lam: jax.Array | float = 0.0
-    eta: jax.Array | float = 1.0
-    passes: jax.Array | int = 1
+    lam: jax.Array | float = 0.0  # pinv is ridge at lambda = 0
+    eta: jax.Array | float = names.default("eta")
+    passes: jax.Array | int = names.default("passes")
 
 
 class Written(NamedTuple):
@@ -111,17 +112,24 @@ class Rule(NamedTuple):
 
     init(w, params) -> state; update(w, state, K (c, d), V (c, dv), precise, params) ->
     state (rows at or beyond n are zero); finalize(w, state, n, params, first: First) ->
-    Written. knobs: the Params fields it reads. least_squares: solves K W ~ V (so the
-    float64 path, the methods and the fallback apply). write_flops(n, d, dv, passes):
-    analytic floating-point operations of the write (multiply-add = 2)."""
+    Written. write_flops(n, d, dv, passes): analytic floating-point operations of the write
+    (multiply-add = 2). The knobs it reads and whether it solves least squares are declared
+    once in ``kernels.names.MEMORIES`` (see ``knobs``, ``least_squares``)."""
 
     name: str
     init: Callable
     update: Callable
     finalize: Callable
     write_flops: Callable[[int, int, int, int], float]
-    knobs: tuple[str, ...] = ()
-    least_squares: bool = False
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        return names.MEMORIES[self.name].knobs
+
+    @property
+    def least_squares(self) -> bool:
+        """Solves K W ~ V: the float64 path, the methods and the fallback apply."""
+        return names.MEMORIES[self.name].least_squares
 
 
 def is_precise(rule: str, n, d: int):
@@ -198,19 +206,18 @@ def _delta_update(w: Writer, W, K, V, precise, params):
 
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("pinv", _ls_init, _ls_update, _ls_finalize(ridge=False), _ls_flops(with_dual=True), least_squares=True),
+    Rule("pinv", _ls_init, _ls_update, _ls_finalize(ridge=False), _ls_flops(with_dual=True)),
     Rule(
         "hebbian", lambda w, p: jnp.zeros((w.d, w.dv), w.wide), _hebbian_update,
         lambda w, cross, n, p, first: Written(cross.astype(w.dtype), jnp.bool_(True), jnp.int32(DIRECT)),
         lambda n, d, dv, passes: 2 * n * d * dv),
-    Rule("ridge", _ls_init, _ls_update, _ls_finalize(ridge=True), _ls_flops(with_dual=False), knobs=("lam",),
-         least_squares=True),
+    Rule("ridge", _ls_init, _ls_update, _ls_finalize(ridge=True), _ls_flops(with_dual=False)),
     Rule(
         "delta", lambda w, p: jnp.zeros((w.d, w.dv), w.dtype), _delta_update,
         lambda w, W, n, p, first: Written(W, jnp.bool_(True), jnp.int32(DIRECT)),
-        lambda n, d, dv, passes: passes * (4 * n * d * dv + 2 * n * DELTA_BLOCK * (d + dv)),
-        knobs=("eta", "passes")),
+        lambda n, d, dv, passes: passes * (4 * n * d * dv + 2 * n * DELTA_BLOCK * (d + dv))),
 )}
+names.check_implemented("matrix memory", RULES, [m for m in names.MEMORIES if m != "attention"])
 
 
 def fold(w: Writer, source: Callable, n, params: Params, carry=None):

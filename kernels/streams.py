@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-DISTRIBUTIONS = ("gaussian", "sphere", "binary")
+from kernels.names import DISTRIBUTIONS
+
 TABLE = "table"  # the patterns of a stream whose pairs are rows of a table of real vectors (e.g. GloVe)
 
 # Salts of the independent draws of one chunk (fold_in(chunk key, salt)).

@@ -103,3 +103,16 @@ PYTHON = sys.executable
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def sweep_into(spec, run_dir: Path, manifest: dict | None = None) -> dict:
+    """Run ``spec``'s sweep into ``run_dir`` as bench.pipeline does (manifest held in memory,
+    saved through the callback), without measuring the matmul rate. manifest: the run's (a
+    resume passes the one read back); None writes a new one. Returns it."""
+    from bench import store, sweep
+
+    if manifest is None:
+        manifest = {"run_id": run_dir.name, "spec": spec.to_dict(), "matmul_gflops": 100.0}
+        store.write_manifest(run_dir, manifest)
+    return sweep.run_sweep(spec, run_dir, manifest, save=lambda: store.write_manifest(run_dir, manifest),
+                           progress=False)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import capacity, cli, store, sweep
+from bench import capacity, cli, store
+from conftest import sweep_into
 from bench.spec import SweepSpec
 
 
@@ -58,8 +59,7 @@ def test_a_probe_that_did_not_run_cleanly_counts_as_a_failure():
 def _capacity_run(tmp_path, **spec):
     spec = SweepSpec(capacity=True, seeds=2, **spec)
     run_dir = store.new_run_dir(tmp_path)
-    store.write_manifest(run_dir, {"run_id": run_dir.name, "spec": spec.to_dict()})
-    manifest = sweep.run_sweep(spec, run_dir, progress=False)
+    manifest = sweep_into(spec, run_dir)
     return run_dir, manifest, store.load_capacity(run_dir)
 
 
@@ -89,7 +89,7 @@ def test_a_resumed_search_reuses_its_probes(tmp_path):
     run_dir, manifest, first = _capacity_run(tmp_path, kernels=("pinv",), d=(8,), max_n=64)
     parts = {p.name: p.stat().st_mtime_ns for p in (run_dir / store.PARTS).iterdir()}
     spec = SweepSpec.from_dict(manifest["spec"])
-    again = sweep.run_sweep(spec, run_dir, progress=False)
+    again = sweep_into(spec, run_dir, store.read_manifest(run_dir))
     assert again["compiled_programs"] == 0  # nothing ran: every probe was read back
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / store.PARTS).iterdir()} == parts
     pd.testing.assert_frame_equal(store.load_capacity(run_dir).drop(columns="run_id"), first.drop(columns="run_id"))

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from bench import cli, plots, store
+from bench import cli, store, summaries
 from bench.spec import SpecError, SweepSpec
 from tests.conftest import PYTHON, REPO, run_env
 
@@ -174,7 +174,7 @@ def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
 
 
 def test_capacity_table(tiny_run):
-    cap = plots.capacity_table(pd.read_parquet(tiny_run / "results.parquet"))
+    cap = summaries.capacity_table(pd.read_parquet(tiny_run / "results.parquet"))
     pinv = cap[cap.kernel == "pinv"].set_index("d")
     assert pinv.loc[8, "n_acc"] == "8" and pinv.loc[16, "n_cos"] == "8"
 

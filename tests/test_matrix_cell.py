@@ -211,14 +211,3 @@ def test_the_cache_changes_no_number(rule, n):
     assert np.isnan(np.asarray(kernels.run_matrix_cell(small, seeds, *kernels.matrix_args(small, n, 0.0)).cos_mean)).all()
 
 
-def test_registries_and_the_spec_name_the_same_memories():
-    from bench import spec
-
-    assert set(kernels.RULES) | {"attention"} == set(spec.KERNELS)
-    assert set(spec.LEAST_SQUARES) == {r for r, rule in kernels.RULES.items() if rule.least_squares}
-    assert tuple(kernels.SIMILARITY_REGISTRY) == spec.SIMILARITIES
-    assert tuple(kernels.SEPARATION_REGISTRY) == spec.SEPARATIONS
-    for name, sep in kernels.SEPARATION_REGISTRY.items():  # the knobs a separation reads are the spec's
-        assert set(sep.knobs) == {k for k, seps in spec.SEPARATION_KNOBS.items() if name in seps}, name
-    for name, rule in kernels.RULES.items():
-        assert rule.knobs == spec.KNOBS[name], name

@@ -7,7 +7,8 @@ import math
 
 import pandas as pd
 
-from bench import report, store, sweep
+from bench import report, rundir, store
+from conftest import sweep_into
 from bench.spec import SweepSpec
 
 
@@ -23,10 +24,9 @@ def test_cells_read_as_text_blank_where_a_setting_does_not_apply():
 def test_one_document_renders_to_markdown_and_html_with_the_same_content(tmp_path):
     spec = SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 16), seeds=1)
     run_dir = store.new_run_dir(tmp_path)
-    store.write_manifest(run_dir, {"run_id": run_dir.name, "spec": spec.to_dict(), "matmul_gflops": 100.0})
-    manifest = sweep.run_sweep(spec, run_dir, progress=False)
+    manifest = sweep_into(spec, run_dir)
     store.merge(run_dir, manifest, manifest["cell_order"])
-    blocks = report.document(run_dir)
+    blocks = report.document(rundir.read(run_dir))
     md, page = report.to_markdown(blocks), report.to_html(blocks)
     headings = [b.content for b in blocks if b.kind == "heading"]
     assert "Timings" in headings and "Capacity on the grid" in headings

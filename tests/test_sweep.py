@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from bench import environment, store, sweep
+from bench import environment, rundir, store, sweep
+from conftest import sweep_into
 from bench.spec import SweepSpec
 
 
 def _run(spec: SweepSpec, tmp_path):
     run_dir = store.new_run_dir(tmp_path)
-    store.write_manifest(run_dir, {"run_id": run_dir.name, "spec": spec.to_dict()})
-    manifest = sweep.run_sweep(spec, run_dir, progress=False)
+    manifest = sweep_into(spec, run_dir)
     return store.load_results(run_dir).sort_values(["kernel", "d", "n", "seed"]).reset_index(drop=True), manifest
 
 
@@ -74,7 +74,7 @@ def test_glove_patterns_run_side_by_side_with_gaussian(tmp_path):
     assert (glove[glove.n == 8]["cos_mean"] > 0.9999).all()  # n < d: exact recall of real word vectors too
     assert (glove["baseline_cos"] > 0.005).all()  # word vectors share a mean direction: not symmetric
     run_dir = next(tmp_path.iterdir())
-    names = [p.name for p in plots.draw_all(run_dir)]
+    names = [p.name for p in plots.draw_all(rundir.read(run_dir))]
     assert "pinv_patterns_compared__noise=0.png" in names
 
 
@@ -152,6 +152,6 @@ def test_a_run_written_before_ids_hashed_every_setting_still_resumes(tmp_path):
     old = store.read_manifest(run_dir)
     del old["cell_ids"]
     store.write_manifest(run_dir, old)
-    again = sweep.run_sweep(spec, run_dir, progress=False)
+    again = sweep_into(spec, run_dir, old)
     assert again["cell_ids"] == 1 and again["compiled_programs"] == 0
     assert again["cell_order"] == [c.legacy_id for c in spec.cells(auto_method="gram64")]

@@ -1,0 +1,125 @@
+"""One run, start to end, in one direction:
+
+    spec -> run directory + manifest -> sweep -> merge -> hallucination curve -> figures -> report
+
+This module owns that sequence and the manifest: it builds the manifest, keeps it in memory
+and writes it (atomically) whenever a step changes it; the sweep gets it with a callback that
+saves it, and nothing reads it back from disk during a run. The command line is argparse ->
+spec -> here; tests and notebooks can call ``start``/``resume`` and ``execute`` directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from bench import store
+from bench.spec import SpecError, SweepSpec
+
+
+def default_compile_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "associative-memory-bench" / "jax"
+
+
+class Prepared(NamedTuple):
+    """A run directory ready to (re)run: its spec and its manifest, as held in memory."""
+
+    spec: SweepSpec
+    run_dir: Path
+    manifest: dict[str, Any]
+
+
+def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Path | None = None) -> Prepared:
+    """A fresh run directory under ``out`` with its manifest (spec, environment, the matmul
+    rate measured now) on disk before any cell runs. compile_cache: JAX's persistent cache, or
+    None for none."""
+    from bench import environment
+
+    environment.configure_jax()
+    _compile_cache(compile_cache)
+    run_dir = store.new_run_dir(out)
+    manifest: dict[str, Any] = {
+        "run_id": run_dir.name, "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
+        "cell_ids": store.CELL_IDS, "command": list(command), **environment.describe(),
+    }
+    manifest["matmul_gflops"] = environment.matmul_gflops(spec.dtype)
+    store.write_manifest(run_dir, manifest)
+    return Prepared(spec, run_dir, manifest)
+
+
+def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
+           compile_cache: Path | None = None) -> Prepared:
+    """An interrupted (or finished) run, to finish. Flags given again must agree with the run's
+    own spec: SpecError names the one that does not."""
+    if not run_dir.is_dir():
+        raise SpecError(f"--resume {run_dir}: no such directory; pass a run directory under your --out")
+    manifest = store.read_manifest(run_dir)
+    try:
+        stored = SweepSpec.from_dict(manifest["spec"])
+    except (KeyError, TypeError) as e:
+        raise store.StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is "
+                               "damaged") from e
+    if preset is not None and preset != stored.preset:
+        raise SpecError(f"--preset {preset} contradicts the run's preset {stored.preset}; drop the flag to resume")
+    merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})
+    for name in overrides:
+        if getattr(merged, name) != getattr(stored, name):
+            raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
+                            f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
+    from bench import environment
+
+    environment.configure_jax()
+    _compile_cache(compile_cache)
+    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
+    manifest["status"] = "running"
+    store.write_manifest(run_dir, manifest)
+    return Prepared(stored, run_dir, manifest)
+
+
+def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
+            progress: bool | None = None) -> dict[str, Any]:
+    """Sweep every unfinished cell, merge the parts into results.parquet, then (report=True)
+    measure the hallucination curve, draw the figures and write the report. Returns the
+    final manifest. KeyboardInterrupt propagates with every finished cell kept on disk."""
+    from bench import sweep
+
+    spec, run_dir, manifest = run
+    sweep.run_sweep(spec, run_dir, manifest, save=lambda: store.write_manifest(run_dir, manifest),
+                    progress=progress)
+    manifest["status"] = "complete"
+    manifest["ended"] = _now()
+    store.write_manifest(run_dir, manifest)
+    store.merge(run_dir, manifest, manifest["cell_order"])
+    if report:
+        from bench import plots, report as reports, rundir
+
+        if hallucination:
+            from bench import hallucination as curve
+
+            curve.measure(run_dir)
+        finished = rundir.read(run_dir)
+        plots.draw_all(finished)
+        reports.build(finished)
+    return manifest
+
+
+def _compile_cache(path: Path | None) -> None:
+    import sys
+
+    from bench import environment
+
+    if path is not None:
+        try:
+            environment.enable_compile_cache(path)
+        except OSError as e:  # a cache is an optimisation: go on without it
+            print(f"run_all.py: warning: compile cache disabled ({e})", file=sys.stderr)
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
