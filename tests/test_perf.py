@@ -1,4 +1,4 @@
-"""Benchmarks (pytest-benchmark), behind the perf marker: `pytest -m perf --benchmark-enable -s`.
+"""Benchmarks (pytest-benchmark), behind the perf marker: `pytest -m perf -n 0 --benchmark-enable -s`.
 
 Speed is reported as ratios against references measured in the same process (the classic
 NumPy loop, and the FLOP floor at the measured matmul rate), never asserted as a time."""
@@ -6,6 +6,7 @@ NumPy loop, and the FLOP floor at the measured matmul rate), never asserted as a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -16,6 +17,13 @@ from bench import environment, store
 from tests.conftest import PYTHON, REPO, run_env
 
 pytestmark = pytest.mark.perf
+
+
+@pytest.fixture(autouse=True)
+def _alone():
+    """Timings beside another test worker measure the contention, not the code."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("benchmarks run alone: pytest -m perf -n 0 --benchmark-enable -s")
 
 CLASSIC_D = tuple(2**i for i in range(6, 11))
 CLASSIC_N = tuple(2**i for i in range(2, 16))
