@@ -13,6 +13,7 @@ from kernels.names import DTYPES, SEPARATIONS, SIMILARITIES
 from bench.store import StoreError
 
 USAGE_ERROR = 2
+FAULT = 1  # the machine failed the run (disk full, read-only), not the user
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,24 +37,51 @@ def _csv(kind):
     return parse
 
 
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give the directory that run directories go into")
+    return Path(text)
+
+
 def _int_list(text: str):
-    """Integers, with 2^a..2^b as a shorthand for the powers of two between."""
+    """Integers, with 2^a..2^b as a shorthand for the powers of two between (exponents up to
+    MAX_EXPONENT: a longer range could never run, and expanding it would hang)."""
     out = []
     for item in text.split(","):
         item = item.strip()
         if ".." in item and item.startswith("2^"):
-            lo, hi = item.split("..")
+            lo, hi = item.split("..", 1)
             try:
-                out.extend(2**k for k in range(int(lo[2:]), int(hi.removeprefix("2^")) + 1))
+                lo, hi = _exponent(lo[2:]), _exponent(hi.removeprefix("2^"))
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{item!r}: write a power range as 2^6..2^10") from None
+            except OverflowError:
+                raise argparse.ArgumentTypeError(
+                    f"{item!r}: exponents go up to {MAX_EXPONENT} (sizes are below 2^31)") from None
+            out.extend(2**k for k in range(lo, hi + 1))
             continue
         try:
-            out.append(2 ** int(item[2:]) if item.startswith("2^") else int(item))
+            out.append(2 ** _exponent(item[2:]) if item.startswith("2^") else int(item))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{item!r} is not an integer; give whole numbers like 64,128 or 2^6..2^10") from None
+        except OverflowError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: exponents go up to {MAX_EXPONENT} (sizes are below 2^31)") from None
     return tuple(out)
+
+
+MAX_EXPONENT = 62
+
+
+def _exponent(text: str) -> int:
+    """The k of 2^k: ValueError when it is no whole number >= 0, OverflowError beyond MAX_EXPONENT."""
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError(text)
+    if len(text) > 2 or int(text) > MAX_EXPONENT:
+        raise OverflowError(text)
+    return int(text)
 
 
 _int_list.__name__ = "list of integers"
@@ -92,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=float, help="accuracy a capacity search requires (default 0.99)")
     c.add_argument("--max-n", type=_int_list, dest="max_n", help="cap of a capacity search (default 2^16)")
     p.add_argument("--method", choices=METHODS, help="least-squares method (default auto)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="where run directories go (default results/)")
+    p.add_argument("--out", type=_directory, default=Path("results"), help="where run directories go (default results/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
     p.add_argument("--no-report", action="store_true", help="skip figures and report")
     p.add_argument("--no-hallucination", action="store_true",
@@ -131,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  compile_cache=cache)
     except (SpecError, StoreError) as e:
         _fail(str(e))
+    except OSError as e:  # e.g. the disk filled while the manifest was written
+        print(f"run_all.py: error: {e.filename or 'writing the run'}: {e.strerror or e}; nothing ran: fix that and "
+              "run again", file=sys.stderr)
+        return FAULT
     progress = None if args.progress == "auto" else args.progress == "on"
     try:
         pipeline.execute(run, report=not args.no_report, hallucination=not args.no_hallucination,
@@ -139,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_all.py: interrupted; finished cells are kept: python run_all.py --resume {run.run_dir}",
               file=sys.stderr)
         return 130
+    except (OSError, StoreError) as e:  # a full disk, a read-only remount: what is written stays valid
+        what = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else str(e)
+        safe = len(list((run.run_dir / store.PARTS).glob("*.parquet")))
+        print(f"run_all.py: error: {what}; the {safe} finished cells in {run.run_dir} are safe: fix that (free space, "
+              f"make it writable), then python run_all.py --resume {run.run_dir}", file=sys.stderr)
+        return FAULT
     print(f"run written to {run.run_dir}")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -24,11 +25,13 @@ def default_compile_cache() -> Path:
 
 
 class Prepared(NamedTuple):
-    """A run directory ready to (re)run: its spec and its manifest, as held in memory."""
+    """A run directory ready to (re)run: its spec, its manifest as held in memory, and the lock
+    that keeps any other run or resume out of it until ``execute`` ends."""
 
     spec: SweepSpec
     run_dir: Path
     manifest: dict[str, Any]
+    lock: store.RunLock
 
 
 def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Path | None = None) -> Prepared:
@@ -39,14 +42,16 @@ def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Pat
 
     environment.configure_jax()
     _compile_cache(compile_cache)
-    run_dir = store.new_run_dir(out)
+    from bench import sweep
+
+    sweep.check_fits(spec)
     manifest: dict[str, Any] = {
-        "run_id": run_dir.name, "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
+        "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
         "cell_ids": store.CELL_IDS, "command": list(command), **environment.describe(),
+        "matmul_gflops": environment.matmul_gflops(spec.dtype),
     }
-    manifest["matmul_gflops"] = environment.matmul_gflops(spec.dtype)
-    store.write_manifest(run_dir, manifest)
-    return Prepared(spec, run_dir, manifest)
+    run_dir = store.new_run_dir(out, manifest)  # appears with its manifest, never without
+    return Prepared(spec, run_dir, manifest, store.RunLock(run_dir))
 
 
 def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
@@ -68,14 +73,26 @@ def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
         if getattr(merged, name) != getattr(stored, name):
             raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
                             f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
-    from bench import environment
+    for path in (run_dir, run_dir / store.PARTS):
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise store.StoreError(f"{path} is not writable; make it writable (or copy the run somewhere that is) "
+                                   "and resume again")
+    lock = store.RunLock(run_dir)  # before anything in the directory changes
+    try:
+        for part in store.set_aside_damaged_parts(run_dir):
+            print(f"run_all.py: warning: {part.name} could not be read (or holds other columns); moved to "
+                  f"{part.parent}, its cell is computed again", file=sys.stderr)
+        from bench import environment
 
-    environment.configure_jax()
-    _compile_cache(compile_cache)
-    manifest["resumed"] = [*manifest.get("resumed", []), _now()]
-    manifest["status"] = "running"
-    store.write_manifest(run_dir, manifest)
-    return Prepared(stored, run_dir, manifest)
+        environment.configure_jax()
+        _compile_cache(compile_cache)
+        manifest["resumed"] = [*manifest.get("resumed", []), _now()]
+        manifest["status"] = "running"
+        store.write_manifest(run_dir, manifest)
+    except BaseException:
+        lock.release()
+        raise
+    return Prepared(stored, run_dir, manifest, lock)
 
 
 def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
@@ -85,29 +102,30 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
     final manifest. KeyboardInterrupt propagates with every finished cell kept on disk."""
     from bench import sweep
 
-    spec, run_dir, manifest = run
-    sweep.run_sweep(spec, run_dir, manifest, save=lambda: store.write_manifest(run_dir, manifest),
-                    progress=progress)
-    manifest["status"] = "complete"
-    manifest["ended"] = _now()
-    store.write_manifest(run_dir, manifest)
-    store.merge(run_dir, manifest, manifest["cell_order"])
-    if report:
-        from bench import plots, report as reports, rundir
+    spec, run_dir, manifest, lock = run
+    try:
+        sweep.run_sweep(spec, run_dir, manifest, save=lambda: store.write_manifest(run_dir, manifest),
+                        progress=progress)
+        manifest["status"] = "complete"
+        manifest["ended"] = _now()
+        store.write_manifest(run_dir, manifest)
+        store.merge(run_dir, manifest, manifest["cell_order"])
+        if report:
+            from bench import plots, report as reports, rundir
 
-        if hallucination:
-            from bench import hallucination as curve
+            if hallucination:
+                from bench import hallucination as curve
 
-            curve.measure(run_dir)
-        finished = rundir.read(run_dir)
-        plots.draw_all(finished)
-        reports.build(finished)
+                curve.measure(run_dir)
+            finished = rundir.read(run_dir)
+            plots.draw_all(finished)
+            reports.build(finished)
+    finally:
+        lock.release()
     return manifest
 
 
 def _compile_cache(path: Path | None) -> None:
-    import sys
-
     from bench import environment
 
     if path is not None:

@@ -14,8 +14,10 @@ from kernels.names import (DTYPES, KERNELS, KNOBS, LEAST_SQUARES, PATTERNS, SEPA
 from kernels.names import MEMORIES as _MEMORIES
 from kernels.names import METHODS as _SOLVE_METHODS
 
-# Pairs are counted in int32 on the device: n stays below this.
+# Pairs are counted in int32 on the device: n stays below this, and so does every other size.
 MAX_PAIRS = 2**31
+# Rows a run may have (cells x seeds): beyond this the run table alone outgrows a workstation.
+MAX_ROWS = 2**22
 # GloVe 6B 50-d: pairs are distinct words among the most frequent GLOVE_WORDS.
 GLOVE_DIM = 50
 GLOVE_WORDS = 100_000
@@ -119,6 +121,11 @@ class SweepSpec:
                     raise SpecError(f"{name}: {v} is too many pairs; pairs are counted in int32, use {name} < 2^31")
         if self.dv is not None:
             _check_positive_int("dv", self.dv)
+        sizes = [(name, v) for name in ("d", *_knobs_of_kind(int)) for v in getattr(self, name)]
+        sizes += [(name, getattr(self, name)) for name in ("dv", "seeds", "acc_queries") if getattr(self, name)]
+        for name, v in sizes:
+            if v >= MAX_PAIRS:
+                raise SpecError(f"{name}: {v} is more than any device can index (int32); use {name} < 2^31")
         for v in self.noise:
             if not _finite(v) or v < 0:
                 raise SpecError(f"noise: {v!r} is not allowed; give finite relative noise levels >= 0")
@@ -174,6 +181,24 @@ class SweepSpec:
         for name in ("noise", *_knobs_of_kind(float), "mask"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "threshold", float(self.threshold))
+        rows = self.row_count()
+        if rows > MAX_ROWS:
+            raise SpecError(f"seeds: {self.seeds} seeds x {rows // self.seeds} cells = {rows} rows, more than "
+                            f"{MAX_ROWS} a run can hold; use fewer --seeds or a smaller grid (or split the sweep)")
+
+    def row_count(self) -> int:
+        """Rows the run will have (one per cell x seed; a capacity search counts one probe per
+        setting), without expanding the grid."""
+        per_grid_point = len(self.patterns) * len(self.d) * len(self.noise) * len(self.mask)
+        settings = 0
+        for kernel in self.kernels:
+            knobs = KNOBS_OF[kernel]
+            count = math.prod(len(getattr(self, k)) for k in knobs if k != "separation" and k not in SEPARATION_KNOBS)
+            if "separation" in knobs:
+                count *= sum(math.prod(len(getattr(self, k)) for k, seps in SEPARATION_KNOBS.items() if sep in seps)
+                             for sep in self.separation)
+            settings += count
+        return settings * per_grid_point * (1 if self.capacity else len(self.n)) * self.seeds
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides: Any) -> "SweepSpec":

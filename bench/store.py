@@ -10,10 +10,13 @@ store's curve), figures/, report.html, report.md. ``bench.rundir`` reads them ba
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import secrets
+import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +31,12 @@ MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 PARTS = "parts"
 FIGURES = "figures"
+LOCK = ".lock"
+DAMAGED = "damaged"
+# The process's umask, read once at import (reading it means setting it), so files are
+# created with the permissions the user asked for.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 HALLUCINATION = "hallucination.parquet"
 
 # The one place the result columns are defined. Column docs live in the README.
@@ -92,18 +101,67 @@ class StoreError(ValueError):
     """A run directory that cannot be used; the message names the path and the fix."""
 
 
-def new_run_dir(out: Path) -> Path:
-    """Create a fresh, uniquely named run directory under ``out`` (exclusive: two runs
-    started at the same moment never share one)."""
-    out.mkdir(parents=True, exist_ok=True)
-    while True:
-        run_dir = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+def new_run_dir(out: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """Create a fresh, uniquely named run directory under ``out`` holding ``manifest`` (its
+    ``run_id`` filled in) and an empty parts/. The directory is built under a hidden name and
+    renamed into place, so a run directory never exists without its manifest (a kill at any
+    moment leaves either nothing or a resumable run), and two runs started at the same moment
+    never share one."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".new-run-"))
+    except OSError as e:
+        raise StoreError(f"--out {out}: cannot create a run directory there ({e.strerror}); pass a directory you "
+                         "can write to") from e
+    try:
+        os.chmod(staging, 0o777 & ~_UMASK)
+        (staging / PARTS).mkdir()
+        while True:
+            run_dir = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            write_manifest(staging, {**(manifest or {}), "run_id": run_dir.name})
+            if manifest is not None:
+                manifest["run_id"] = run_dir.name
+            try:
+                os.rename(staging, run_dir)  # atomic; refused when the name exists and is not empty
+            except OSError:
+                if run_dir.exists():
+                    continue
+                raise
+            return run_dir
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class RunLock:
+    """An advisory lock on a run directory (``flock`` on RUN_DIR/.lock), held while a run or a
+    resume works in it, released when the process ends however it ends. A second run or resume
+    of the same directory is refused instead of computing every cell twice."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
         try:
-            run_dir.mkdir()
-        except FileExistsError:
-            continue
-        (run_dir / PARTS).mkdir()
-        return run_dir
+            self._file = open(self.path, "a+")
+        except OSError as e:
+            raise StoreError(f"{run_dir}: cannot lock it ({e.strerror}); resume from an account that can write "
+                             "there") from e
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise StoreError(f"{run_dir} is in use by {holder}; wait for it to finish (or stop it), then resume "
+                             "it") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
 
 
 def check_writable(out: Path) -> None:
@@ -118,10 +176,13 @@ def check_writable(out: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, written to a temporary name and renamed (readers never see half a
+    file), with the permissions of a plain ``open`` (mkstemp's are 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -132,14 +193,34 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(run_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
+# The type of every manifest field the suite reads back (others are kept as they are).
+_MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "spec": (dict,), "status": (str,), "started": (str, type(None)), "ended": (str, type(None)),
+    "cell_ids": (int,), "resumed": (list,), "compiled_programs": (int,), "compile_wait_s": (int, float),
+    "cell_order": (list,), "matmul_gflops": (int, float, type(None)), "command": (list,),
+}
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest, checked field by field: StoreError names a damaged field and the fix."""
     path = run_dir / MANIFEST
     if not path.is_file():
         raise StoreError(f"{run_dir} is not a run directory (no {MANIFEST}); pass a directory that a run wrote")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise StoreError(f"{path} is not valid JSON ({e}); the run directory is damaged") from e
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read it ({e.strerror}); resume from an account that can read it") from e
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path} holds a {type(manifest).__name__}, not an object; the run directory is damaged")
+    for name, types in _MANIFEST_FIELDS.items():
+        value = manifest.get(name)
+        if name in manifest and (not isinstance(value, types) or isinstance(value, bool)):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise StoreError(f"{path}: field {name!r} is {json.dumps(value)[:60]}, expected {allowed}; repair the "
+                             "field (or remove it, except spec) and resume again")
+    return manifest
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
@@ -174,7 +255,30 @@ def read_part(run_dir: Path, cell_id: str) -> list[dict[str, Any]]:
 
 
 def finished_cells(run_dir: Path) -> set[str]:
-    return {p.stem for p in (run_dir / PARTS).glob("*.parquet")}
+    parts = run_dir / PARTS
+    if not parts.is_dir():
+        raise StoreError(f"{parts} is not a directory; the run directory is damaged: move {parts} aside and resume "
+                         "(its cells are computed again)")
+    return {p.stem for p in parts.glob("*.parquet")}
+
+
+def set_aside_damaged_parts(run_dir: Path) -> list[Path]:
+    """Move every part that cannot be read, holds no rows or has another schema to
+    RUN_DIR/damaged/ (kept for inspection, never merged), so the resume computes those cells
+    again. Returns where they went."""
+    finished_cells(run_dir)  # parts/ must be a directory
+    moved = []
+    for path in sorted((run_dir / PARTS).glob("*.parquet")):
+        try:
+            meta = pq.ParquetFile(path)
+            good = meta.metadata.num_rows > 0 and meta.schema_arrow.equals(SCHEMA, check_metadata=False)
+        except (pa.ArrowException, OSError, ValueError):
+            good = False
+        if not good:
+            (run_dir / DAMAGED).mkdir(exist_ok=True)
+            os.replace(path, run_dir / DAMAGED / path.name)
+            moved.append(run_dir / DAMAGED / path.name)
+    return moved
 
 
 def merge(run_dir: Path, manifest: dict[str, Any], cell_order: list[str]) -> pa.Table:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import kernels
 from bench import capacity, environment, store, theory
 from kernels import names, streams
-from bench.spec import GLOVE_WORDS, Cell, SweepSpec
+from bench.spec import GLOVE_WORDS, Cell, SpecError, SweepSpec
 
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
 _MEMORY_HEADROOM = 2.0
@@ -183,6 +183,22 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
     return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
 
 
+def check_fits(spec: SweepSpec) -> None:
+    """Refuse, before anything is written, a spec of which no cell fits in device memory (it
+    could only record skipped rows): SpecError names the smallest need and the fix."""
+    available = environment.device_memory_bytes()
+    if available is None:
+        return
+    per_device = -(-spec.seeds // jax.device_count())
+    settings = spec.settings(auto_method=kernels.default_method())
+    need, i = min((estimate_bytes(family_of(s), per_device), i) for i, s in enumerate(settings))
+    smallest = settings[i]
+    if need > available:
+        raise SpecError(f"no cell fits in memory: the smallest ({smallest.setting_label()}, {spec.seeds} seeds) needs "
+                        f"about {need / 2**30:.1f} GiB per device, {available / 2**30:.1f} GiB are free; use fewer "
+                        "--seeds, a smaller --d/--dv or fewer --queries")
+
+
 def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save: Callable[[], None],
               progress: bool | None = None, on_cell_done: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run every cell of ``spec`` not yet finished in ``run_dir`` (or, for a capacity spec,
@@ -309,6 +325,25 @@ def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell]
 
 def _run_one(cell: Cell, family: Family, programs: _Programs, seed_array, n_seeds: int, per_device: int,
              available: int | None, *, run_id: str, cell_id: str) -> list[dict[str, Any]]:
+    """The rows of one cell. Whatever goes wrong inside (theory, baselines, the kernel, row
+    building) is recorded in its rows and the sweep goes on: a resume never meets it again."""
+    try:
+        return _measure(cell, family, programs, seed_array, n_seeds, per_device, available, run_id=run_id,
+                        cell_id=cell_id)
+    except Exception as e:  # noqa: BLE001 - recorded, and the sweep goes on
+        base = dict(run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
+                    d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise,
+                    **{k: getattr(cell, k) for k in (*names.KNOBS, "mask")})
+        return [dict(base, seed=s, status="error", error=_error_text(e)) for s in range(n_seeds)]
+
+
+def _error_text(e: BaseException) -> str:
+    message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    return message if message else traceback.format_exc(limit=3).splitlines()[-1][:200]
+
+
+def _measure(cell: Cell, family: Family, programs: _Programs, seed_array, n_seeds: int, per_device: int,
+             available: int | None, *, run_id: str, cell_id: str) -> list[dict[str, Any]]:
     base = _base_row(cell, run_id, cell_id)
     if cell.separation == "topk" and cell.topk > cell.n:
         return [dict(base, seed=s, status="skipped",
@@ -335,9 +370,7 @@ def _run_one(cell: Cell, family: Family, programs: _Programs, seed_array, n_seed
             run_s = time.perf_counter() - start
         values = {k: np.asarray(v)[:n_seeds] for k, v in metrics._asdict().items()}
     except Exception as e:  # recorded, and the sweep goes on
-        message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        tb = traceback.format_exc(limit=3).splitlines()[-1][:200]
-        return [dict(base, seed=s, status="error", error=message if message else tb) for s in range(n_seeds)]
+        return [dict(base, seed=s, status="error", error=_error_text(e)) for s in range(n_seeds)]
     flops = base["flops"]
     rows = []
     for i in range(n_seeds):

@@ -48,15 +48,17 @@ def main(argv: list[str] | None = None) -> int:
                 records = json.loads(args.records.read_text(encoding="utf-8"))
             except OSError as e:
                 _fail(f"--records {args.records}: {e.strerror}; pass a readable JSON file")
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 _fail(f"--records {args.records}: not valid JSON ({e}); write an object like {{\"cat\": \"animal\"}}")
+            except RecursionError:
+                _fail(f"--records {args.records}: nested too deeply; records are a flat object of key -> value strings")
             if not isinstance(records, dict):
                 _fail(f"--records {args.records}: expected a JSON object of key -> value strings")
         embeddings = Embeddings.load(args.embeddings) if args.embeddings is not None else None
         db = Database(records, embeddings=embeddings, similarity=args.similarity, beta=args.beta,
                       exclude_query=args.exclude_query, values_only=args.values_only)
         explained = db.explain_many(args.words, args.k)
-    except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
+    except (KeyError, ValueError, TypeError, OSError, ImportError) as e:
         _fail(str(e))
 
     if args.json:

@@ -9,6 +9,7 @@ and the next-best answers are often words that are in no record.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping, Sequence
@@ -60,7 +61,7 @@ class Database:
                 raise ValueError(f"record {key!r}: {value!r}: keys and values must not be empty")
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
             raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
         self.records = dict(records)
         self.embeddings = embeddings if embeddings is not None else _glove()
@@ -111,10 +112,22 @@ class Database:
     def _answer(self, words: Sequence[str], k: int):
         if isinstance(words, str):
             raise ValueError("answers() takes a list of words; use query() for one word")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        try:
+            words = list(words)
+        except TypeError:
+            raise TypeError(f"words must be a list of strings, got {type(words).__name__}") from None
+        for word in words:
+            if not isinstance(word, str):
+                raise TypeError(f"a query is a word or phrase (str), got {word!r} ({type(word).__name__})")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-        if k > len(self._targets):
-            raise ValueError(f"k = {k} is more answers than the {len(self._targets)} words there are to answer with")
+        k = int(k)
+        # With exclude_query, a query that is itself a candidate leaves one candidate fewer.
+        excluded = self.exclude_query and any(w in self._target_index for w in words)
+        candidates = len(self._targets) - excluded
+        if k > candidates:
+            raise ValueError(f"k = {k} is more answers than the {candidates} words there are to answer with"
+                             f"{' (the query itself is excluded)' if excluded else ''}; use k <= {candidates}")
         if not words:
             return [], np.zeros((0, len(self._key_names)))
         outputs, weights = self._attend(words)

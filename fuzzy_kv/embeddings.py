@@ -32,6 +32,10 @@ class Embeddings:
             raise ValueError(f"{name}: the table is empty")
         self.words = list(words)
         self.vectors = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(self.vectors).all(axis=1))
+        if bad.size:  # a NaN vector would make every score NaN, silently
+            raise ValueError(f"{name}: row {bad[0]} ({self.words[bad[0]]!r}) holds NaN or inf"
+                             f"{f' ({bad.size} rows do)' if bad.size > 1 else ''}; drop or repair those vectors")
         self.name = name
 
     def __len__(self) -> int:
@@ -134,7 +138,8 @@ class Embeddings:
                 try:
                     rows.append(np.array(parts[1:], dtype=np.float32))
                 except ValueError:
-                    raise ValueError(f"{path}:{number}: expected a word and numbers, got {line[:60]!r}") from None
+                    raise ValueError(f"{path}:{number}: expected a word followed by numbers separated by spaces "
+                                     "(GloVe or word2vec text format)") from None
                 if rows[-1].shape != rows[0].shape:
                     raise ValueError(f"{path}:{number}: {rows[-1].size} numbers, the first line had {rows[0].size}")
                 words.append(parts[0])

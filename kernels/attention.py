@@ -36,7 +36,10 @@ def similarity(queries, keys, kind: str):
 @partial(jax.jit, static_argnames="kind")
 def softmax_attend(queries, keys, values, beta=1.0, *, kind: str = "dot") -> Attended:
     """weights = softmax(beta * similarity(q, K)) over the stored keys; outputs = weights V."""
-    weights = jax.nn.softmax(beta * similarity(queries, keys, kind), axis=-1)
+    scores = similarity(queries, keys, kind)
+    # Scaled after the maximum is subtracted, and clamped: no overflow at any beta (see _exp_below).
+    unnormalised = _exp_below(beta, scores - scores.max(-1, keepdims=True))
+    weights = unnormalised / unnormalised.sum(-1, keepdims=True)
     return Attended(weights @ values, weights)
 
 
@@ -114,13 +117,20 @@ class Separation(NamedTuple):
         return names.SEPARATIONS[self.name]
 
 
+def _exp_below(beta, gap):
+    """exp(beta * gap) for gaps to a running maximum (gap <= 0), clamped at exp(0): it never
+    overflows, whatever beta (a huge beta is the hard maximum), even where XLA rounds the two
+    reads of a score differently (fused, ``b * x - max(b * x)`` came out 255, not 0)."""
+    return jnp.exp(jnp.minimum(beta * gap, 0.0))
+
+
 def _softmax_update(state, scores, vb, valid, knobs):
-    run_max, denom, acc = state
-    s = jnp.where(valid, knobs.beta * scores, -jnp.inf)
+    run_max, denom, acc = state  # run_max: the largest raw score so far (beta > 0 keeps the order)
+    s = jnp.where(valid, scores, -jnp.inf)
     new_max = jnp.maximum(run_max, s.max(-1))
     safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no valid key yet: nothing to rescale
-    scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, -jnp.inf))
-    p = jnp.exp(s - safe[..., None])
+    scale = jnp.where(jnp.isfinite(run_max), _exp_below(knobs.beta, run_max - safe), 0.0)
+    p = jnp.where(valid, _exp_below(knobs.beta, s - safe[..., None]), 0.0)
     return new_max, denom * scale + p.sum(-1), acc * scale[..., None] + jnp.einsum("hqb,hbv->hqv", p, vb)
 
 
@@ -155,8 +165,22 @@ def _sums_init(heads, nq, dvh, k, dtype):
 
 
 def _topk_result(state, knobs):
-    top_s, top_v = state
-    return jnp.einsum("hqk,hqkv->hqv", jax.nn.softmax(knobs.beta * top_s, axis=-1), top_v)
+    top_s, top_v = state  # sorted, best first
+    best = jnp.where(jnp.isfinite(top_s[..., :1]), top_s[..., :1], 0.0)
+    w = jnp.where(jnp.isfinite(top_s), _exp_below(knobs.beta, top_s - best), 0.0)
+    return jnp.einsum("hqk,hqkv->hqv", w / w.sum(-1, keepdims=True), top_v)
+
+
+def _polynomial_update(state, scores, vb, valid, knobs):
+    """Weights relu(s)^degree, normalised; kept relative to the running maximum of relu(s), so
+    a high degree or large scores cannot overflow (the limit is the hard maximum)."""
+    run_max, denom, acc = state
+    r = jnp.where(valid, jnp.maximum(scores, 0.0), 0.0)
+    new_max = jnp.maximum(run_max, r.max(-1))
+    safe = jnp.where(new_max > 0, new_max, 1.0)
+    scale = jnp.minimum(run_max / safe, 1.0) ** knobs.degree
+    w = jnp.minimum(r / safe[..., None], 1.0) ** knobs.degree
+    return new_max, denom * scale + w.sum(-1), acc * scale[..., None] + jnp.einsum("hqb,hbv->hqv", w, vb)
 
 
 def _normalised_result(state, knobs):
@@ -171,9 +195,10 @@ SEPARATION_REGISTRY: dict[str, Separation] = {s.name: s for s in (
                _softmax_update, lambda state, knobs: state[2] / state[1][..., None], "online"),
     Separation("topk", _top_init(None), _top_update, _topk_result, "running-top-k"),
     Separation("max", _top_init(1), _top_update, lambda state, knobs: state[1][:, :, 0], "running-top-k"),
-    Separation("polynomial", _sums_init,
-               _weighted_sum_update(lambda s, knobs: jnp.maximum(s, 0.0) ** knobs.degree),
-               _normalised_result, "online"),
+    Separation("polynomial",
+               lambda h, nq, dvh, k, dtype: (jnp.zeros((h, nq), dtype), jnp.zeros((h, nq), dtype),
+                                             jnp.zeros((h, nq, dvh), dtype)),
+               _polynomial_update, lambda state, knobs: _normalised_result(state[1:], knobs), "online"),
     Separation("identity", _sums_init, _weighted_sum_update(lambda s, knobs: s),
                lambda state, knobs: state[1], "online"),
 )}
