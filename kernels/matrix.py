@@ -51,7 +51,7 @@ class Params(NamedTuple):
     1/||k||^2 (eta = 1 is the classic normalised rule). passes: delta-rule epochs.
     """
 
-    lam: jax.Array | float = 0.0  # pinv is ridge at lambda = 0
+    lam: jax.Array | float = 0.0  # pinv is ridge at lambda = 0; in the accumulation dtype (1e300 is valid)
     eta: jax.Array | float = names.default("eta")
     passes: jax.Array | int = names.default("passes")
 
@@ -246,11 +246,13 @@ def finalize(w: Writer, state, n, params: Params, first: First) -> Written:
     return RULES[w.rule].finalize(w, state, n, params, first)
 
 
-def eigh_fallback(written: Written) -> Written:
-    """The minimum-norm solution by an eigenvalue pseudoinverse of K^T K, for rank-deficient K."""
+def eigh_fallback(written: Written, lam=0.0) -> Written:
+    """The minimum-norm solution of (K^T K + lam I) W = K^T V by an eigenvalue pseudoinverse,
+    for rank-deficient K (lam: ridge's, 0 for pinv; the fallback must solve the same problem)."""
     gram = written.gram
     d = gram.shape[0]
     evals, evecs = jnp.linalg.eigh(gram)
+    evals = evals + jnp.asarray(lam, gram.dtype)
     cutoff = evals[-1] * max(d, 1) * jnp.finfo(gram.dtype).eps * 10
     inv = jnp.where(evals > cutoff, 1.0 / jnp.where(evals > cutoff, evals, 1.0), 0.0)
     W = evecs @ (inv[:, None] * (evecs.T @ written.cross))
@@ -331,7 +333,7 @@ def _write_arrays(rule, K, V, params, method):
     state, _ = fold(w, source, n, params)
     written = finalize(w, state, n, params, First(Kp, Vp, jnp.arange(rows) < n))
     if w.can_fall_back:
-        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written))
+        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, params.lam))
     return written.W.astype(dtype)
 
 

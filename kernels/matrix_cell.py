@@ -112,7 +112,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     first = matrix.First(head[:, :f.d], head[:, f.d:], jnp.arange(first_chunks * chunk) < n)
     written = matrix.finalize(w, state, n, params, first)
     if f.fallback and w.can_fall_back:
-        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written))
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, params.lam))
     W = written.W
     W_low = W.astype(dtype)  # cast once, outside the loop
     if matrix.RULES[f.rule].least_squares:
@@ -174,6 +174,7 @@ def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask
     if isinstance(n, int) and not 0 <= n < 2**31:
         raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
     return (jnp.asarray(n, jnp.int32), metrics.scalar(noise, dtype),
-            matrix.Params(metrics.scalar(lam, dtype), metrics.scalar(eta, dtype), jnp.asarray(passes, jnp.int32)),
+            matrix.Params(metrics.scalar(lam, metrics.accumulate_dtype(dtype)), metrics.scalar(eta, dtype),
+                          jnp.asarray(passes, jnp.int32)),
             metrics.scalar(mask, dtype))
 

@@ -58,11 +58,24 @@ def row_dot(A, B):
 
 def row_cos_dist(R, V, wide):
     """Per-row cosine and euclidean distance between R and V (m, dv), in dtype ``wide``; a
-    zero row has cosine 0."""
+    zero row has cosine 0. Rows are scaled by their largest entry before squaring, so recalls
+    of any magnitude give the right numbers (ridge at lambda = 1e300 recalls ~1e-300, whose
+    squares underflow)."""
     R, V = R.astype(wide), V.astype(wide)
-    rn, vn = jnp.sqrt(row_dot(R, R)), jnp.sqrt(row_dot(V, V))
+    r_scale = _row_scale(R)
+    Rs = R / r_scale
+    rn, vn = jnp.sqrt(row_dot(Rs, Rs)), jnp.sqrt(row_dot(V, V))
     E = R - V
-    return row_dot(R, V) / jnp.where(rn * vn > 0, rn * vn, 1.0), jnp.sqrt(row_dot(E, E))
+    e_scale = _row_scale(E)
+    Es = E / e_scale
+    cos = row_dot(Rs, V) / jnp.where(rn * vn > 0, rn * vn, 1.0)
+    return cos, e_scale[:, 0] * jnp.sqrt(row_dot(Es, Es))
+
+
+def _row_scale(X):
+    """Each row's largest |entry| (m, 1), or 1 for a zero row."""
+    top = jnp.max(jnp.abs(X), axis=1, keepdims=True)
+    return jnp.where(top > 0, top, 1.0)
 
 
 def squared_distance_to_own(R, V):

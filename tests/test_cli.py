@@ -71,6 +71,15 @@ BAD = [
     (["--capacity", "--threshold", "1.5"], "threshold: 1.5"),
     (["--capacity", "--max-n", "0"], "max_n: 0 is not a positive integer"),
     (["--capacity", "--patterns", "glove", "--d", "32", "--max-n", "2^17"], "max_n: 131072 pairs need"),
+    # sizes nothing can run: refused up front, parsed without hanging, nothing written
+    (["--d", "2^0..2^100000000"], "exponents go up to 62"),
+    (["--n", "2^99"], "exponents go up to 62"),
+    (["--d", "99999999999"], "d: 99999999999 is more than any device can index"),
+    (["--kernels", "pinv", "--dv", "4294967296"], "dv: 4294967296 is more than any device can index"),
+    (["--seeds", "100000000"], "rows, more than 4194304 a run can hold"),
+    (["--out", ""], "--out: empty path"),
+    (["--kernels", "attention", "--queries", "300000000", "--d", "64", "--n", "4"], "no cell fits in memory"),
+    (["--kernels", "pinv", "--d", "2^20", "--n", "4"], "no cell fits in memory"),
 ]
 
 
@@ -78,7 +87,7 @@ BAD = [
 def test_bad_input_is_one_line_exit_2_and_nothing_written(argv, message, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        cli.main([*argv, "--out", str(out)])
+        cli.main([*argv, "--out", str(out)] if "--out" not in argv else argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -126,6 +135,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return Path(done.stdout.strip().splitlines()[-1].removeprefix("run written to "))
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_tiny_run_writes_everything(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
     assert {"results.parquet", "manifest.json", "figures", "report.html", "report.md", "parts"} <= names
@@ -147,6 +157,7 @@ def test_tiny_run_writes_everything(tiny_run):
     assert (first == 2).all()  # the two seed rows of the family's first cell
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_report_is_self_contained(tiny_run):
     html = (tiny_run / "report.html").read_text()
     assert "data:image/png;base64," in html
@@ -160,6 +171,7 @@ def test_report_is_self_contained(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
     before = {p.name: p.read_bytes() for p in (tiny_run / "figures").iterdir()}
     for module in ("bench.plots", "bench.report"):
@@ -173,12 +185,14 @@ def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
     assert done.returncode == 2 and "no results" in done.stderr
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_capacity_table(tiny_run):
     cap = summaries.capacity_table(pd.read_parquet(tiny_run / "results.parquet"))
     pinv = cap[cap.kernel == "pinv"].set_index("d")
     assert pinv.loc[8, "n_acc"] == "8" and pinv.loc[16, "n_cos"] == "8"
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_resume_with_a_contradicting_flag_is_refused(tiny_run, capsys):
     before = sorted(p.name for p in tiny_run.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
@@ -189,6 +203,7 @@ def test_resume_with_a_contradicting_flag_is_refused(tiny_run, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_run")
 def test_one_device_and_four_devices_give_the_same_rows(tmp_path, tiny_run):
     argv = ["--kernels", "pinv,hebbian,attention", "--similarity", "dot", "--separation", "softmax,topk", "--topk", "4",
             "--d", "8,16", "--n", "4,8,32", "--seeds", "3", "--mask", "0.25", "--no-report",
