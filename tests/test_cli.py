@@ -135,6 +135,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return Path(done.stdout.strip().splitlines()[-1].removeprefix("run written to "))
 
 
+@pytest.mark.slow  # a whole run_all.py process with its report (the fast set: test_pipeline, test_report)
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_tiny_run_writes_everything(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
@@ -157,6 +158,7 @@ def test_tiny_run_writes_everything(tiny_run):
     assert (first == 2).all()  # the two seed rows of the family's first cell
 
 
+@pytest.mark.slow  # a whole run_all.py process with its report (the fast set: test_pipeline, test_report)
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_report_is_self_contained(tiny_run):
     html = (tiny_run / "report.html").read_text()
@@ -170,7 +172,7 @@ def test_report_is_self_contained(tiny_run):
     assert len(curve) >= 5 and ((curve["right"] + curve["wrong_stored"] + curve["hallucinated"]) - 1).abs().max() < 1e-9
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a whole run_all.py process with its report (the fast set: test_pipeline, test_report)
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
     before = {p.name: p.read_bytes() for p in (tiny_run / "figures").iterdir()}
@@ -185,6 +187,7 @@ def test_figures_and_report_rebuild_to_the_same_bytes(tiny_run, tmp_path):
     assert done.returncode == 2 and "no results" in done.stderr
 
 
+@pytest.mark.slow  # a whole run_all.py process with its report (the fast set: test_pipeline, test_report)
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_capacity_table(tiny_run):
     cap = summaries.capacity_table(pd.read_parquet(tiny_run / "results.parquet"))
@@ -192,6 +195,7 @@ def test_capacity_table(tiny_run):
     assert pinv.loc[8, "n_acc"] == "8" and pinv.loc[16, "n_cos"] == "8"
 
 
+@pytest.mark.slow  # a whole run_all.py process with its report (the fast set: test_pipeline, test_report)
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the run for all
 def test_resume_with_a_contradicting_flag_is_refused(tiny_run, capsys):
     before = sorted(p.name for p in tiny_run.rglob("*"))

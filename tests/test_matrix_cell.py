@@ -190,7 +190,7 @@ def test_table_patterns_match_numpy_on_the_same_rows():
 
 
 @pytest.mark.parametrize("rule,n", [("pinv", 700), pytest.param("ridge", 300, marks=pytest.mark.slow),
-                                    ("delta", 200)])
+                                    pytest.param("delta", 200, marks=pytest.mark.slow)])
 def test_the_cache_changes_no_number(rule, n):
     """Pairs kept by the write and read by the score pass equal the pairs drawn again: the same
     metrics (to float64 rounding of the reductions, which two programs may order differently), whether the cache holds only the sample's chunks or all of them (the
