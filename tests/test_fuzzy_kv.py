@@ -200,3 +200,52 @@ def test_hallucination_curve_on_glove(glove):
     # rarely stored values; sharp attention answers with stored values.
     assert curve["hallucinated"].iloc[0] > curve["hallucinated"].iloc[-1]
     assert curve["right"].iloc[-1] > 0.5
+
+
+def test_any_finite_beta_answers_and_matches_the_hard_maximum(demo, glove):
+    """beta 1e9 once printed 'nan' for every answer (jit fused beta*s - max(beta*s) to 255, not 0)."""
+    sharp = Database(DEMO_RECORDS, embeddings=glove, beta=1e9)
+    words, _ = numpy_recipe(glove, DEMO_RECORDS, "seven", 5, beta=1e3)  # float64: already the hard max
+    assert sharp.query("seven") == words
+    weights = sharp.explain("seven").weights
+    assert all(np.isfinite(list(weights.values()))) and max(weights.values()) == pytest.approx(1.0)
+
+
+def test_the_api_checks_types_and_accepts_numpy_numbers(demo, glove):
+    for bad in (None, 123):
+        with pytest.raises(TypeError, match=r"a query is a word or phrase \(str\)"):
+            demo.query(bad)
+    with pytest.raises(TypeError, match="got 5"):
+        demo.query_many(["cat", 5])
+    with pytest.raises(TypeError, match="list of strings"):
+        demo.query_many(7)
+    assert demo.query("cat", k=np.int64(2)) == demo.query("cat", k=2)
+    assert Database(DEMO_RECORDS, embeddings=glove, beta=np.float32(2.0)).query("cat", 1) == ["animal"]
+
+
+def test_k_counts_the_excluded_query_word():
+    emb = Embeddings(["cat", "animal", "dog"], np.eye(3, dtype=np.float32))
+    db = Database({"cat": "animal", "dog": "animal"}, embeddings=emb, values_only=True, exclude_query=True)
+    assert db.query("cat", k=1) == ["animal"]
+    with pytest.raises(ValueError, match=r"k = 1 is more answers than the 0 words .*query itself is excluded"):
+        db.query("animal", k=1)  # the only stored value is the query: nothing left to answer with
+
+
+def test_a_table_with_nan_is_refused_naming_the_row():
+    vectors = np.ones((4, 3), np.float32)
+    vectors[2, 1] = np.nan
+    vectors[3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"row 2 \('c'\) holds NaN or inf \(2 rows do\)"):
+        Embeddings(["a", "b", "c", "d"], vectors)
+
+
+def test_bad_files_are_named_without_echoing_their_contents(tmp_path):
+    secret = tmp_path / "vectors.txt"
+    secret.write_text("cat 0.1 0.2\npassword hunter2 swordfish\n")
+    with pytest.raises(ValueError) as info:
+        Embeddings.load(secret)
+    assert "vectors.txt:2" in str(info.value) and "hunter2" not in str(info.value)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    done = _cli("--records", str(deep), "cat")
+    assert done.returncode == 2 and "nested too deeply" in done.stderr and len(done.stderr.strip().splitlines()) == 1
