@@ -100,9 +100,12 @@ def test_attention_grid_skips_topk_above_n_records_overflow_and_compiles_once_pe
     skipped = df[df["status"] == "skipped"]
     assert set(skipped["n"]) == {2} and (skipped["separation"] == "topk").all()
     assert skipped["error"].str.contains("topk = 4 is more than n = 2").all()
-    overflow = df[(df["separation"] == "polynomial") & (df["degree"] == 40.0)]
-    assert (overflow["status"] == "nan").all() and overflow["error"].str.contains("non-finite").all()
-    assert (df[(df["status"] != "skipped") & (df["degree"] != 40.0)]["status"] == "ok").all()
+    # s^40 overflows float32 for scores above ~9; weighed relative to the running maximum it is
+    # a result (once a nan row), and with exact queries at least as sharp as degree 3.
+    sharp = df[(df["separation"] == "polynomial") & (df["degree"] == 40.0)].set_index(["n", "seed"])["acc"]
+    mild = df[(df["separation"] == "polynomial") & (df["degree"] == 3.0)].set_index(["n", "seed"])["acc"]
+    assert (sharp >= mild).all() and sharp.loc[64].mean() > mild.loc[64].mean()
+    assert (df[df["status"] != "skipped"]["status"] == "ok").all()
     poly, soft = df[df["separation"] == "polynomial"], df[df["separation"] == "softmax"]
     assert poly["beta"].isna().all() and poly["topk"].isna().all() and set(poly["degree"]) == {3.0, 40.0}
     assert soft["degree"].isna().all() and set(soft["beta"]) == {1.0, 4.0}
