@@ -144,13 +144,13 @@ def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:
     return args
 
 
-@lru_cache(maxsize=1)
 def _knob(cell: Cell, name: str):
     """The cell's value of a knob, or its default where the cell's memory does not read it."""
     value = getattr(cell, name)
     return names.default(name) if value is None else value
 
 
+@lru_cache(maxsize=1)
 def glove_table(mesh: Mesh) -> jax.Array:
     """The GLOVE_WORDS most frequent GloVe 6B 50-d vectors, replicated on every device."""
     from fuzzy_kv.embeddings import Embeddings

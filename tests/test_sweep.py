@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import math
 
+import jax
+import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from bench import environment, rundir, store, sweep
 from conftest import sweep_into
+from bench import spec as spec_module
 from bench.spec import SweepSpec
 
 
@@ -158,3 +162,10 @@ def test_a_run_written_before_ids_hashed_every_setting_still_resumes(tmp_path):
     again = sweep_into(spec, run_dir, old)
     assert again["cell_ids"] == 1 and again["compiled_programs"] == 0
     assert again["cell_order"] == [c.legacy_id for c in spec.cells(auto_method="gram64")]
+
+
+def test_the_glove_table_is_loaded_once_per_mesh():
+    """Every GloVe cell of a run reads the same device table (80 MB), not a fresh load per cell."""
+    mesh = Mesh(np.array(jax.devices()), ("seeds",))
+    first = sweep.glove_table(mesh)
+    assert sweep.glove_table(mesh) is first and first.shape == (spec_module.GLOVE_WORDS, spec_module.GLOVE_DIM)
