@@ -60,25 +60,29 @@ def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
     own spec: SpecError names the one that does not."""
     if not run_dir.is_dir():
         raise SpecError(f"--resume {run_dir}: no such directory; pass a run directory under your --out")
-    manifest = store.read_manifest(run_dir)
-    try:
-        stored = SweepSpec.from_dict(manifest["spec"])
-    except (KeyError, TypeError) as e:
-        raise store.StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is "
-                               "damaged") from e
-    if preset is not None and preset != stored.preset:
-        raise SpecError(f"--preset {preset} contradicts the run's preset {stored.preset}; drop the flag to resume")
-    merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})
-    for name in overrides:
-        if getattr(merged, name) != getattr(stored, name):
-            raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
-                            f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
+    store.check_run_dir(run_dir)
     for path in (run_dir, run_dir / store.PARTS):
         if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
             raise store.StoreError(f"{path} is not writable; make it writable (or copy the run somewhere that is) "
                                    "and resume again")
-    lock = store.RunLock(run_dir)  # before anything in the directory changes
+    # Locked before the manifest is read: a run that held the directory until now has finished
+    # writing it, so nothing it wrote is lost when this resume writes the manifest again.
+    lock = store.RunLock(run_dir)
     try:
+        manifest = store.read_manifest(run_dir)
+        try:
+            stored = SweepSpec.from_dict(manifest["spec"])
+        except (KeyError, TypeError) as e:
+            raise store.StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is "
+                                   "damaged") from e
+        if preset is not None and preset != stored.preset:
+            raise SpecError(f"--preset {preset} contradicts the run's preset {stored.preset}; drop the flag to "
+                            "resume")
+        merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})
+        for name in overrides:
+            if getattr(merged, name) != getattr(stored, name):
+                raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
+                                f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
         for part in store.set_aside_damaged_parts(run_dir):
             print(f"run_all.py: warning: {part.name} could not be read (or holds other columns); moved to "
                   f"{part.parent}, its cell is computed again", file=sys.stderr)

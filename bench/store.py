@@ -31,13 +31,13 @@ MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 PARTS = "parts"
 FIGURES = "figures"
+HALLUCINATION = "hallucination.parquet"
 LOCK = ".lock"
 DAMAGED = "damaged"
 # The process's umask, read once at import (reading it means setting it), so files are
 # created with the permissions the user asked for.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-HALLUCINATION = "hallucination.parquet"
 
 # The one place the result columns are defined. Column docs live in the README.
 SCHEMA = pa.schema([
@@ -201,11 +201,16 @@ _MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """StoreError unless ``run_dir`` holds a manifest (is a run directory)."""
+    if not (run_dir / MANIFEST).is_file():
+        raise StoreError(f"{run_dir} is not a run directory (no {MANIFEST}); pass a directory that a run wrote")
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest, checked field by field: StoreError names a damaged field and the fix."""
+    check_run_dir(run_dir)
     path = run_dir / MANIFEST
-    if not path.is_file():
-        raise StoreError(f"{run_dir} is not a run directory (no {MANIFEST}); pass a directory that a run wrote")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -331,9 +331,7 @@ def _run_one(cell: Cell, family: Family, programs: _Programs, seed_array, n_seed
         return _measure(cell, family, programs, seed_array, n_seeds, per_device, available, run_id=run_id,
                         cell_id=cell_id)
     except Exception as e:  # noqa: BLE001 - recorded, and the sweep goes on
-        base = dict(run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
-                    d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise,
-                    **{k: getattr(cell, k) for k in (*names.KNOBS, "mask")})
+        base = _identity_row(cell, run_id, cell_id)
         return [dict(base, seed=s, status="error", error=_error_text(e)) for s in range(n_seeds)]
 
 
@@ -391,15 +389,21 @@ def _measure(cell: Cell, family: Family, programs: _Programs, seed_array, n_seed
     return rows
 
 
+def _identity_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
+    """What the cell is: plain copies of its settings, which nothing can make fail."""
+    return dict(run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
+                d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise,
+                **{k: getattr(cell, k) for k in (*names.KNOBS, "mask")})
+
+
 def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
-    knobs = {k: getattr(cell, k) for k in (*names.KNOBS, "mask")}
+    """The identity row with the cell's analytic values: theory, baselines, FLOPs."""
     if cell.kernel == "attention":
         flops = kernels.attention_flops(cell.n, cell.d, cell.dv, cell.queries, cell.steps)
     else:
         flops = kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, _knob(cell, "passes"))
     return dict(
-        run_id=run_id, cell_id=cell_id, kernel=cell.kernel, patterns=cell.patterns, dtype=cell.dtype,
-        d=cell.d, n=cell.n, dv=cell.dv, noise=cell.noise, **knobs,
+        _identity_row(cell, run_id, cell_id),
         baseline_cos_theory=_analytic(theory.baseline_cos, cell.dv, cell.patterns),
         baseline_dist_theory=_analytic(theory.baseline_dist, cell.dv, cell.patterns),
         theory_cos=_analytic(theory.cell_cos, cell),

@@ -130,7 +130,7 @@ def _softmax_update(state, scores, vb, valid, knobs):
     new_max = jnp.maximum(run_max, s.max(-1))
     safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # no valid key yet: nothing to rescale
     scale = jnp.where(jnp.isfinite(run_max), _exp_below(knobs.beta, run_max - safe), 0.0)
-    p = jnp.where(valid, _exp_below(knobs.beta, s - safe[..., None]), 0.0)
+    p = _exp_below(knobs.beta, s - safe[..., None])  # invalid keys: s = -inf, so p = 0
     return new_max, denom * scale + p.sum(-1), acc * scale[..., None] + jnp.einsum("hqb,hbv->hqv", p, vb)
 
 
@@ -167,7 +167,7 @@ def _sums_init(heads, nq, dvh, k, dtype):
 def _topk_result(state, knobs):
     top_s, top_v = state  # sorted, best first
     best = jnp.where(jnp.isfinite(top_s[..., :1]), top_s[..., :1], 0.0)
-    w = jnp.where(jnp.isfinite(top_s), _exp_below(knobs.beta, top_s - best), 0.0)
+    w = _exp_below(knobs.beta, top_s - best)  # empty slots hold -inf: weight 0
     return jnp.einsum("hqk,hqkv->hqv", w / w.sum(-1, keepdims=True), top_v)
 
 
