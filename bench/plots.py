@@ -34,23 +34,23 @@ def draw_all(run: rundir.Run) -> list[Path]:
         setting = dict(zip(SETTING_COLUMNS, key))
         name = setting_name(setting)
         fig = _setting_figure(group, name)
-        written.append(_save(fig, fig_dir / _file_name(name)))
+        written.append(save_figure(fig, fig_dir / _file_name(name)))
     # Distributions side by side (e.g. GloVe word vectors against Gaussian keys of the same d).
     others = [c for c in SETTING_COLUMNS if c != "patterns"]
     for key, group in summary.groupby(others, dropna=False, sort=True):
         if group["patterns"].nunique() > 1:
             setting = dict(zip(others, key), patterns="gaussian")
             name = setting_name(setting).replace("noise=", "patterns compared, noise=")
-            written.append(_save(_patterns_figure(group, name), fig_dir / _file_name(name)))
+            written.append(save_figure(_patterns_figure(group, name), fig_dir / _file_name(name)))
     side = _side_by_side_d(summary)
     if side is not None:
         group = summary[(summary["d"] == side) & (summary["noise"] == 0) & (summary["patterns"] == "gaussian")
                         & ~(summary["mask"].fillna(0) > 0)]
-        written.append(_save(_memories_figure(group, side), fig_dir / f"matrix_vs_attention_d={side}"))
+        written.append(save_figure(_memories_figure(group, side), fig_dir / f"matrix_vs_attention_d={side}"))
     if run.hallucination is not None:
-        written.append(_save(_hallucination_figure(run.hallucination), fig_dir / "fuzzy_kv_hallucination"))
+        written.append(save_figure(_hallucination_figure(run.hallucination), fig_dir / "fuzzy_kv_hallucination"))
     if run.capacity is not None and len(run.capacity):
-        written.append(_save(capacity_figure(run.capacity), fig_dir / "capacity_vs_d"))
+        written.append(save_figure(capacity_figure(run.capacity), fig_dir / "capacity_vs_d"))
     return written
 
 
@@ -198,7 +198,8 @@ def _setting_figure(group: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def _save(fig: Figure, stem: Path) -> Path:
+def save_figure(fig: Figure, stem: Path) -> Path:
+    """Write ``stem``.png and .svg (atomically, free of timestamps); returns the PNG path."""
     with matplotlib.rc_context({"svg.hashsalt": "associative-memory-bench", "svg.fonttype": "path"}):
         for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
             buffer = io.BytesIO()

@@ -59,10 +59,12 @@ def document(run: rundir.Run) -> list[Block]:
         ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
         ("x64 / matmul precision", f"{manifest.get('x64')} / {manifest.get('matmul_precision')}"),
         ("git", f"{manifest.get('git_commit')} (dirty: {manifest.get('git_dirty')})"),
-        ("host", manifest.get("host")),
+        ("host", f"{manifest.get('host')} ({manifest.get('platform')}, Python {manifest.get('python')})"),
         ("matmul rate", f"{manifest.get('matmul_gflops', float('nan')):.1f} GFLOP/s (float32, same process)"),
         ("rows", f"{len(df)} ({', '.join(f'{k}: {v}' for k, v in sorted(status.items()))})"),
-        ("compile / run", f"{df['compile_s'].sum():.1f} s / {df['run_s'].sum():.1f} s"),
+        ("compile / run", f"{df['compile_s'].sum():.1f} s / {df['run_s'].sum():.1f} s" + (
+            f" ({manifest['compiled_programs']} programs compiled; cells waited {manifest['compile_wait_s']:.1f} s "
+            "for them)" if isinstance(manifest.get("compile_wait_s"), (int, float)) else "")),
     ]
     spec = pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v))
                          for k, v in (manifest.get("spec") or {}).items()], columns=["setting", "value"])
@@ -76,27 +78,28 @@ def document(run: rundir.Run) -> list[Block]:
                                 probes=found["probes_n"].map(len))
         searched = searched[["setting", "d", "capacity_text", "acc_at_capacity", "probes", "theory_scale"]].rename(
             columns={"capacity_text": f"capacity (accuracy >= {found['threshold'].iloc[0]:g})"})
-        blocks += [Block("heading", "Capacity search"), Block("paragraph", SEARCH_NOTE), Block("table", _text(searched))]
+        blocks += [Block("heading", "Capacity search"), Block("paragraph", SEARCH_NOTE), Block("table", as_text(searched))]
     cap = capacity[["setting", "d", "n_cos", "n_acc"]].rename(
         columns={"n_cos": f"largest n with cos >= {COS_THRESHOLD}", "n_acc": f"largest n with acc >= {ACC_THRESHOLD}"})
-    blocks += [Block("heading", "Capacity on the grid"), Block("table", _text(cap)), Block("heading", "Timings"),
-               Block("paragraph", "compile_s is ahead-of-time compilation, run_s the timed runs; GFLOP/s from "
-                                  "analytic FLOP counts, of_matmul its share of the matmul rate."),
-               Block("table", _text(timings.drop(columns=["flops"])))]
+    blocks += [Block("heading", "Capacity on the grid"), Block("table", as_text(cap)), Block("heading", "Timings per family"),
+               Block("paragraph", "One row per memory setting and d: compile_s is ahead-of-time compilation (of "
+                                  "the programs its cells ran), run_s the timed runs; GFLOP/s from analytic FLOP "
+                                  "counts, of_matmul its share of the matmul rate measured at the start of the run."),
+               Block("table", as_text(timings.drop(columns=["flops"])))]
     curve = run.hallucination
     if curve is not None:
         blocks += [Block("heading", "Fuzzy key-value store: hallucination vs beta"),
                    Block("paragraph", "Records map 24 words to 8 categories; each held-out word (in no record) is "
                                       "queried once. A hallucinated answer is a word that is no stored value."),
-                   Block("table", _text(curve))]
+                   Block("table", as_text(curve))]
     if len(problems):
-        blocks += [Block("heading", "Cells that did not run cleanly"), Block("table", _text(problems.head(50)))]
+        blocks += [Block("heading", "Cells that did not run cleanly"), Block("table", as_text(problems.head(50)))]
     blocks.append(Block("heading", "Figures"))
     blocks += [Block("figure", p) for p in run.figures()]
     return blocks
 
 
-def _text(df: pd.DataFrame) -> pd.DataFrame:
+def as_text(df: pd.DataFrame) -> pd.DataFrame:
     """Every cell as the text a reader sees: blank where a setting does not apply (not NaN),
     floats to 4 significant digits (so a small cell's GFLOP/s does not read 0.0)."""
     def show(v):
@@ -121,7 +124,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif kind == "facts":
             out += [f"- **{k}**: {v}" for k, v in content] + [""]
         elif kind == "table":
-            out += [_markdown(content), ""]
+            out += [markdown_table(content), ""]
         elif kind == "figure":
             out.append(f"![{content.stem}]({store.FIGURES}/{content.name})")
     return "\n".join(out + [""])
@@ -161,7 +164,7 @@ def build(run: rundir.Run) -> tuple[Path, Path]:
     return html_path, md_path
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):

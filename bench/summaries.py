@@ -81,14 +81,16 @@ def _largest(group: pd.DataFrame, holds: pd.Series) -> str:
 
 
 def timing_table(df: pd.DataFrame, matmul_gflops: float | None) -> pd.DataFrame:
-    """Per (kernel, attention similarity and separation, d): cells, compile and run seconds, achieved GFLOP/s and its share of the
-    matmul rate measured in the same process."""
+    """Per family (a memory setting and d): cells, compile and run seconds, achieved GFLOP/s
+    and its share of the matmul rate measured in the same process."""
     ok = df[df["status"].isin(["ok", "nan"])]
-    t = ok.groupby(["kernel", "similarity", "separation", "d"], dropna=False).agg(cells=("cell_id", "nunique"), compile_s=("compile_s", "sum"),
-                                        run_s=("run_s", "sum"), flops=("flops", "sum")).reset_index()
+    keys = SETTING_COLUMNS + ["d"]
+    t = ok.groupby(keys, dropna=False).agg(cells=("cell_id", "nunique"), compile_s=("compile_s", "sum"),
+                                           run_s=("run_s", "sum"), flops=("flops", "sum")).reset_index()
+    t.insert(0, "setting", [setting_name(row) for _, row in t.iterrows()])
     t["gflops"] = t["flops"] / t["run_s"].where(t["run_s"] > 0) / 1e9
     t["of_matmul"] = t["gflops"] / matmul_gflops if matmul_gflops else float("nan")
-    return t
+    return t[["setting", "d", "cells", "compile_s", "run_s", "flops", "gflops", "of_matmul"]]
 
 
 def _num(x) -> str:

@@ -96,7 +96,7 @@ def test_a_run_gets_one_figure_per_setting_and_the_comparisons_the_same_bytes_ea
         "capacity_vs_d.png"])
     assert all((tmp_path / store.FIGURES / n.replace(".png", ".svg")).is_file() for n in names)
     first = {p.name: p.read_bytes() for p in run.figures_dir.iterdir()}
-    plots._save(plots.capacity_figure(run.capacity), run.figures_dir / "capacity_vs_d")  # drawn again
+    plots.save_figure(plots.capacity_figure(run.capacity), run.figures_dir / "capacity_vs_d")  # drawn again
     assert {p.name: p.read_bytes() for p in run.figures_dir.iterdir()} == first
     assert b"Date" not in first["capacity_vs_d.svg"]  # no timestamp in the files
 
