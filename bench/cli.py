@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: only on a terminal)")
+    m = p.add_argument_group("multi-process runs (jax.distributed; README: 'Sweeps over several processes')")
+    m.add_argument("--distributed", action="store_true",
+                   help="one of several processes sharing the run (the same command in each); without the three "
+                        "flags below, jax.distributed.initialize detects them (SLURM, Open MPI, Cloud TPU)")
+    m.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (it hosts the coordinator)")
+    m.add_argument("--num-processes", type=int, metavar="P", help="how many processes share the run")
+    m.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
+    m.add_argument("--connect-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait for the coordinator and the other processes (default 300)")
+    m.add_argument("--barrier-timeout", type=float, default=86400.0, metavar="S",
+                   help="seconds process 0 waits for the others to finish their cells (default 86400)")
     return p
 
 
@@ -145,24 +156,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(overrides["max_n"]) != 1:
             _fail(f"--max-n: give one number, got {len(overrides['max_n'])}")
         overrides["max_n"] = overrides["max_n"][0]
-    from bench import pipeline, store
+    from bench import cluster as clusters, pipeline, store
 
     cache = None if args.no_compile_cache else (args.compile_cache or pipeline.default_compile_cache())
+    cluster = clusters.ALONE
     try:
-        if args.resume is not None:
-            run = pipeline.resume(args.resume, overrides, args.preset, compile_cache=cache)
-        else:
+        _check_cluster_flags(args)
+        if args.resume is None:
             spec = SweepSpec.from_preset(args.preset or "default", **overrides)
             _check_flag_combinations(spec, overrides)
+            if args.distributed and spec.capacity:
+                raise SpecError("--capacity runs in one process (each probe depends on the last); drop --distributed")
             store.check_writable(args.out)
+        if args.distributed:  # before any JAX computation
+            cluster = clusters.join(args.coordinator, args.num_processes, args.process_id, args.connect_timeout,
+                                    args.barrier_timeout)
+        if args.resume is not None:
+            run = pipeline.resume(args.resume, overrides, args.preset, compile_cache=cache, cluster=cluster)
+        else:
             run = pipeline.start(spec, args.out, ["run_all.py", *(sys.argv[1:] if argv is None else argv)],
-                                 compile_cache=cache)
-    except (SpecError, StoreError) as e:
+                                 compile_cache=cache, cluster=cluster)
+    except (SpecError, StoreError, clusters.ClusterError) as e:
         _fail(str(e))
     except OSError as e:  # e.g. the disk filled while the manifest was written
         print(f"run_all.py: error: {e.filename or 'writing the run'}: {e.strerror or e}; nothing ran: fix that and "
               "run again", file=sys.stderr)
         return FAULT
+    if cluster.processes > 1:  # a process that dies takes the others down with it (jax.distributed)
+        print(f"run_all.py: process {cluster.process} of {cluster.processes}, run directory {run.run_dir} (if a "
+              f"process dies, resume with: python run_all.py --resume {run.run_dir})", file=sys.stderr)
     progress = None if args.progress == "auto" else args.progress == "on"
     try:
         pipeline.execute(run, report=not args.no_report, hallucination=not args.no_hallucination,
@@ -171,14 +193,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_all.py: interrupted; finished cells are kept: python run_all.py --resume {run.run_dir}",
               file=sys.stderr)
         return 130
+    except SpecError as e:  # a resumed capacity run with several processes
+        _fail(str(e))
+    except clusters.ClusterError as e:  # a process that never finished: what the others wrote is kept
+        print(f"run_all.py: error: {e}; finished cells are kept: python run_all.py --resume {run.run_dir}",
+              file=sys.stderr)
+        return FAULT
     except (OSError, StoreError) as e:  # a full disk, a read-only remount: what is written stays valid
         what = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else str(e)
         safe = len(list((run.run_dir / store.PARTS).glob("*.parquet")))
         print(f"run_all.py: error: {what}; the {safe} finished cells in {run.run_dir} are safe: fix that (free space, "
               f"make it writable), then python run_all.py --resume {run.run_dir}", file=sys.stderr)
         return FAULT
-    print(f"run written to {run.run_dir}")
+    if cluster.leader:
+        print(f"run written to {run.run_dir}")
+    else:
+        print(f"process {cluster.process}: its cells written to {run.run_dir}; process 0 merges and reports")
     return 0
+
+
+def _check_cluster_flags(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in ("coordinator", "num_processes", "process_id")
+             if getattr(args, name) is not None]
+    if given and not args.distributed:
+        raise SpecError(f"{given[0]} applies to a multi-process run; add --distributed")
 
 
 def _check_flag_combinations(spec: SweepSpec, overrides: dict[str, Any]) -> None:

@@ -47,6 +47,8 @@ def describe() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "process_count": jax.process_count(),  # > 1 in a multi-process run (bench.cluster)
+        "local_device_count": jax.local_device_count(),
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "x64": bool(jax.config.jax_enable_x64),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
@@ -59,7 +61,7 @@ def describe() -> dict[str, Any]:
 
 def device_memory_bytes() -> int | None:
     """Memory one device can hand a computation, or None when unknown."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     try:
         stats = device.memory_stats()
     except Exception:  # not every backend reports

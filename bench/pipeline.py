@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from bench import store
+from bench.cluster import ALONE, Cluster
 from bench.spec import SpecError, SweepSpec
 
 
@@ -26,18 +27,22 @@ def default_compile_cache() -> Path:
 
 class Prepared(NamedTuple):
     """A run directory ready to (re)run: its spec, its manifest as held in memory, and the lock
-    that keeps any other run or resume out of it until ``execute`` ends."""
+    that keeps any other run or resume out of it until ``execute`` ends. In a multi-process
+    run (cluster), process 0 holds the lock and writes the manifest; the others hold no lock
+    and keep a read-only copy."""
 
     spec: SweepSpec
     run_dir: Path
     manifest: dict[str, Any]
-    lock: store.RunLock
+    lock: store.RunLock | None
+    cluster: Cluster = ALONE
 
 
-def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Path | None = None) -> Prepared:
+def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Path | None = None,
+          cluster: Cluster = ALONE) -> Prepared:
     """A fresh run directory under ``out`` with its manifest (spec, environment, the matmul
     rate measured now) on disk before any cell runs. compile_cache: JAX's persistent cache, or
-    None for none."""
+    None for none. In a multi-process run, process 0 creates it and tells the others its name."""
     from bench import environment
 
     environment.configure_jax()
@@ -45,22 +50,36 @@ def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Pat
     from bench import sweep
 
     sweep.check_fits(spec)
+    if not cluster.leader:
+        run_dir = Path(cluster.fetch("run_dir", "the run directory"))
+        return Prepared(spec, run_dir, store.read_manifest(run_dir), None, cluster)
     manifest: dict[str, Any] = {
         "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
         "cell_ids": store.CELL_IDS, "command": list(command), **environment.describe(),
         "matmul_gflops": environment.matmul_gflops(spec.dtype),
     }
     run_dir = store.new_run_dir(out, manifest)  # appears with its manifest, never without
-    return Prepared(spec, run_dir, manifest, store.RunLock(run_dir))
+    lock = store.RunLock(run_dir)
+    cluster.publish("run_dir", str(run_dir.resolve()))
+    return Prepared(spec, run_dir, manifest, lock, cluster)
 
 
 def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
-           compile_cache: Path | None = None) -> Prepared:
+           compile_cache: Path | None = None, cluster: Cluster = ALONE) -> Prepared:
     """An interrupted (or finished) run, to finish. Flags given again must agree with the run's
-    own spec: SpecError names the one that does not."""
+    own spec: SpecError names the one that does not. Any number of processes may resume a run,
+    whatever number started it; process 0 does what a single process does, the others read."""
     if not run_dir.is_dir():
         raise SpecError(f"--resume {run_dir}: no such directory; pass a run directory under your --out")
     store.check_run_dir(run_dir)
+    if not cluster.leader:
+        manifest = store.read_manifest(run_dir)
+        stored = _stored_spec(run_dir, manifest, overrides, preset)
+        from bench import environment
+
+        environment.configure_jax()
+        _compile_cache(compile_cache)
+        return Prepared(stored, run_dir, manifest, None, cluster)
     for path in (run_dir, run_dir / store.PARTS):
         if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
             raise store.StoreError(f"{path} is not writable; make it writable (or copy the run somewhere that is) "
@@ -70,19 +89,7 @@ def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
     lock = store.RunLock(run_dir)
     try:
         manifest = store.read_manifest(run_dir)
-        try:
-            stored = SweepSpec.from_dict(manifest["spec"])
-        except (KeyError, TypeError) as e:
-            raise store.StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is "
-                                   "damaged") from e
-        if preset is not None and preset != stored.preset:
-            raise SpecError(f"--preset {preset} contradicts the run's preset {stored.preset}; drop the flag to "
-                            "resume")
-        merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})
-        for name in overrides:
-            if getattr(merged, name) != getattr(stored, name):
-                raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
-                                f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
+        stored = _stored_spec(run_dir, manifest, overrides, preset)
         for part in store.set_aside_damaged_parts(run_dir):
             print(f"run_all.py: warning: {part.name} could not be read (or holds other columns); moved to "
                   f"{part.parent}, its cell is computed again", file=sys.stderr)
@@ -96,7 +103,24 @@ def resume(run_dir: Path, overrides: dict[str, Any], preset: str | None = None,
     except BaseException:
         lock.release()
         raise
-    return Prepared(stored, run_dir, manifest, lock)
+    return Prepared(stored, run_dir, manifest, lock, cluster)
+
+
+def _stored_spec(run_dir: Path, manifest: dict[str, Any], overrides: dict[str, Any], preset: str | None) -> SweepSpec:
+    """The run's own spec; SpecError when a flag given again contradicts it."""
+    try:
+        stored = SweepSpec.from_dict(manifest["spec"])
+    except (KeyError, TypeError) as e:
+        raise store.StoreError(f"{run_dir}/{store.MANIFEST} has no readable spec ({e}); the run directory is "
+                               "damaged") from e
+    if preset is not None and preset != stored.preset:
+        raise SpecError(f"--preset {preset} contradicts the run's preset {stored.preset}; drop the flag to resume")
+    merged = SweepSpec.from_dict({**stored.to_dict(), **overrides})
+    for name in overrides:
+        if getattr(merged, name) != getattr(stored, name):
+            raise SpecError(f"--{name.replace('_', '-')} {_show(getattr(merged, name))} contradicts the run's "
+                            f"{name}={_show(getattr(stored, name))}; drop the flag to resume, or start a new run")
+    return stored
 
 
 def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
@@ -106,10 +130,36 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
     final manifest. KeyboardInterrupt propagates with every finished cell kept on disk."""
     from bench import sweep
 
-    spec, run_dir, manifest, lock = run
+    spec, run_dir, manifest, lock, cluster = run
     try:
-        sweep.run_sweep(spec, run_dir, manifest, save=lambda: store.write_manifest(run_dir, manifest),
-                        progress=progress)
+        mine = finished = None
+        if cluster.processes > 1:
+            if spec.capacity:
+                raise SpecError("a capacity search runs in one process (each probe depends on the last); drop "
+                                "--distributed")
+            if cluster.leader:
+                finished = store.finished_cells(run_dir)
+                cluster.publish("finished", sorted(finished))
+            else:
+                finished = set(cluster.fetch("finished", "the list of finished cells"))
+            owner, load = sweep.split_cells(spec, finished, cluster.processes)
+            mine = lambda cell: owner(cell) == cluster.process  # noqa: E731
+            manifest["processes"] = cluster.processes
+            manifest.setdefault("estimated_s_per_process", []).append([round(x, 1) for x in load])
+        save = (lambda: store.write_manifest(run_dir, manifest)) if cluster.leader else (lambda: None)
+        before = manifest.get("compiled_programs", 0), manifest.get("compile_wait_s", 0.0)
+        sweep.run_sweep(spec, run_dir, manifest, save=save, progress=progress, mine=mine, finished=finished)
+        if cluster.processes > 1:
+            cluster.publish(f"done/{cluster.process}", [manifest["compiled_programs"] - before[0],
+                                                         manifest["compile_wait_s"] - before[1]])
+            # Process 0 merges only when every process has written its parts.
+            cluster.barrier("sweep-done", cluster.barrier_timeout_s)
+            if not cluster.leader:
+                return manifest
+            for p in range(1, cluster.processes):
+                programs, wait = cluster.fetch(f"done/{p}", f"process {p}'s counts")
+                manifest["compiled_programs"] += programs
+                manifest["compile_wait_s"] += wait
         manifest["status"] = "complete"
         manifest["ended"] = _now()
         store.write_manifest(run_dir, manifest)
@@ -125,7 +175,8 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
             plots.draw_all(finished)
             reports.build(finished)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return manifest
 
 

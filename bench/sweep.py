@@ -189,7 +189,7 @@ def check_fits(spec: SweepSpec) -> None:
     available = environment.device_memory_bytes()
     if available is None:
         return
-    per_device = -(-spec.seeds // jax.device_count())
+    per_device = -(-spec.seeds // jax.local_device_count())
     settings = spec.settings(auto_method=kernels.default_method())
     need, i = min((estimate_bytes(family_of(s), per_device), i) for i, s in enumerate(settings))
     smallest = settings[i]
@@ -200,13 +200,16 @@ def check_fits(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save: Callable[[], None],
-              progress: bool | None = None, on_cell_done: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+              progress: bool | None = None, on_cell_done: Callable[[Cell], None] | None = None,
+              mine: Callable[[Cell], bool] | None = None, finished: set[str] | None = None) -> dict[str, Any]:
     """Run every cell of ``spec`` not yet finished in ``run_dir`` (or, for a capacity spec,
     every search, reusing finished probes). ``manifest`` is the run's, held by bench.pipeline:
     the sweep adds to it (``cell_ids`` before the first part, then ``compiled_programs``,
     ``compile_wait_s`` and ``cell_order``, the parts that make up the run, in order) and calls
-    ``save`` where the addition must reach the disk before anything else does. Returns it."""
-    devices = jax.devices()
+    ``save`` where the addition must reach the disk before anything else does. Returns it.
+    A multi-process run (bench.cluster) passes ``mine`` (the cells this process runs; a grid
+    only) and ``finished`` (the part ids finished before it started, as process 0 saw them)."""
+    devices = jax.local_devices()  # in a multi-process run, this process's own (bench.cluster)
     mesh = Mesh(np.array(devices), ("seeds",))
     seeds = list(range(spec.seeds))
     padded = seeds + [seeds[-1]] * (-len(seeds) % len(devices))  # pad to a multiple of devices
@@ -240,7 +243,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
                     programs.prefetch(f, cell_args(probe, f, mesh))
                 except Exception:  # noqa: BLE001 - the cell itself will record what went wrong
                     continue
-    done = store.finished_cells(run_dir)
+    done = store.finished_cells(run_dir) if finished is None else set(finished)
     show = sys.stderr.isatty() if progress is None else progress
     # Runs written before cell ids hashed every setting name their parts by Cell.legacy_id.
     if "cell_ids" not in manifest:  # fixed before the first part is written
@@ -264,7 +267,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
         if spec.capacity:  # which probes a search needs is known only as it goes: compiled on demand
             order = _capacity_searches(spec, run_dir, run_cell, part_id, show)
         else:
-            order = _grid(spec, run_cell, part_id, done, prefetch, show)
+            order = _grid(spec, run_cell, part_id, done, prefetch, show, mine)
     finally:
         programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
@@ -273,12 +276,14 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     return manifest
 
 
-def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool) -> list[str]:
-    """Every cell of the grid not yet done, in order; returns the part ids of all of them."""
+def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, mine=None) -> list[str]:
+    """Every cell of the grid not yet done (and this process's, see run_sweep), in order;
+    returns the part ids of all of them."""
     cells = spec.cells(auto_method=kernels.default_method())
-    todo = [c for c in cells if part_id(c) not in done]
+    todo = [c for c in cells if part_id(c) not in done and (mine is None or mine(c))]
     prefetch(todo)
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not show,
+    total = len(cells) if mine is None else len(todo)
+    with tqdm(total=total, initial=total - len(todo), desc="cells", unit="cell", disable=not show,
               file=sys.stderr) as bar:
         for cell in todo:
             bar.set_postfix_str(cell.label(), refresh=False)
@@ -396,12 +401,34 @@ def _identity_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
                 **{k: getattr(cell, k) for k in (*names.KNOBS, "mask")})
 
 
+def cell_flops(cell: Cell) -> float:
+    """Analytic FLOPs of one seed of a cell."""
+    if cell.kernel == "attention":
+        return kernels.attention_flops(cell.n, cell.d, cell.dv, cell.queries, cell.steps)
+    return kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, _knob(cell, "passes"))
+
+
+def split_cells(spec: SweepSpec, finished: set[str], processes: int) -> tuple[Callable[[Cell], int], list[float]]:
+    """The process each unfinished cell of a grid runs on, and each process's estimated seconds:
+    whole families (a setting with its every n) go to one process, so each family compiles
+    once, balanced by estimated cost (bench.cluster.split). Every process computes the same."""
+    from bench import cluster
+
+    costs: dict[Cell, float] = {}
+    for cell in spec.cells(auto_method=kernels.default_method()):
+        if cell.id in finished:
+            continue
+        setting = dataclasses.replace(cell, n=0)
+        flops = spec.seeds * cell_flops(cell)
+        costs[setting] = costs.get(setting, cluster.COMPILE_S) + flops / cluster.NOMINAL_FLOPS_PER_S
+    items = list(costs.items())
+    owner = cluster.split(items, processes)
+    return (lambda cell: owner.get(dataclasses.replace(cell, n=0), 0)), cluster.loads(items, owner, processes)
+
+
 def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
     """The identity row with the cell's analytic values: theory, baselines, FLOPs."""
-    if cell.kernel == "attention":
-        flops = kernels.attention_flops(cell.n, cell.d, cell.dv, cell.queries, cell.steps)
-    else:
-        flops = kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, _knob(cell, "passes"))
+    flops = cell_flops(cell)
     return dict(
         _identity_row(cell, run_id, cell_id),
         baseline_cos_theory=_analytic(theory.baseline_cos, cell.dv, cell.patterns),
