@@ -95,8 +95,13 @@ def join(coordinator: str | None, processes: int | None, process: int | None, ti
         host, port = _address(coordinator)
         if process != 0:
             _wait_for(host, port, timeout_s)
+    import sys
+
     import jax
 
+    where = f" through {coordinator}" if coordinator else " (cluster detected by jax.distributed)"
+    print(f"run_all.py: joining the run's processes{where}; waiting up to {timeout_s:g} s for all of them (JAX's "
+          "runtime ends every process if one is missing or dies)", file=sys.stderr, flush=True)
     try:
         jax.distributed.initialize(coordinator, processes, process, initialization_timeout=max(1, int(timeout_s)))
     except (ValueError, RuntimeError) as e:

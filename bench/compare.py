@@ -8,7 +8,8 @@ seed; only seeds both ran count. For each cell: the change of cosine, distance a
 B is slower) and of GFLOP/s; per family (a setting and d): the ratio of compile time. A cell is
 flagged when a metric moved more than --metric-tol (on the same backend and code the metrics
 are reproducible to the last bit; across backends they differ by rounding), when its speed
-ratio is beyond --speed-tol either way, or when its status changed. The table goes to stdout;
+ratio is beyond --speed-tol either way (cells of at least --min-time seconds per seed: shorter
+ones swing by several times between identical runs), or when its status changed. The table goes to stdout;
 DIR (default results/compare/<A>-vs-<B>) gets compare.md, a self-contained compare.html with
 figures, cells.parquet (the joined table) and figures/.
 """
@@ -32,7 +33,8 @@ CELL_KEYS = SETTING_COLUMNS + ["d", "dv", "n"]
 METRICS = ("cos_mean", "dist_mean", "acc")
 # Defaults from two runs of one spec on one 2-core machine (README, "Comparing two runs").
 METRIC_TOL = 1e-4
-SPEED_TOL = 0.5
+SPEED_TOL = 1.0  # beyond 2x either way: per-cell times of identical runs spread 0.77-1.51x (5-95%) here
+MIN_TIME = 0.05  # seconds per seed below which a cell's speed is not flagged (dispatch and contention noise)
 ENVIRONMENT = ("backend", "device_kind", "device_count", "x64", "matmul_precision", "threefry_partitionable", "host",
                "git_commit", "git_dirty", "matmul_gflops")
 
@@ -77,7 +79,8 @@ def _per_cell(df: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     return out.merge(statuses.rename("status").reset_index(), on=CELL_KEYS, how="left")
 
 
-def compare(a: rundir.Run, b: rundir.Run, metric_tol: float = METRIC_TOL, speed_tol: float = SPEED_TOL) -> Comparison:
+def compare(a: rundir.Run, b: rundir.Run, metric_tol: float = METRIC_TOL, speed_tol: float = SPEED_TOL,
+            min_time: float = MIN_TIME) -> Comparison:
     """Join two runs on their cells; CompareError when they share none."""
     da, db = a.results, b.results
     ids_a = da[CELL_KEYS].drop_duplicates()
@@ -102,7 +105,9 @@ def compare(a: rundir.Run, b: rundir.Run, metric_tol: float = METRIC_TOL, speed_
     # NaN on one side only is a change; on both sides (a nan cell twice) it is not.
     for m in METRICS:
         moved |= cells[f"{m}_a"].isna() != cells[f"{m}_b"].isna()
-    ratio = cells["speed_ratio"]
+    # Cells of a few milliseconds swing by several times between identical runs: not flagged.
+    timed = np.maximum(cells["run_s_a"].fillna(0), cells["run_s_b"].fillna(0)) >= min_time
+    ratio = cells["speed_ratio"].where(timed)
     cells["flag"] = [", ".join(f for f, on in (("metrics", mv), ("slower", r > 1 + speed_tol),
                                                 ("faster", r < 1 / (1 + speed_tol)), ("status", sa != sb)) if on)
                      for mv, r, sa, sb in zip(moved, ratio.fillna(1.0), cells["status_a"], cells["status_b"])]
@@ -257,9 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"absolute change of cos / acc (relative for dist) that flags a cell (default {METRIC_TOL:g})")
     parser.add_argument("--speed-tol", type=float, default=SPEED_TOL,
                         help=f"speed ratio beyond 1 + tol (or below 1 / (1 + tol)) that flags a cell (default {SPEED_TOL:g})")
+    parser.add_argument("--min-time", type=float, default=MIN_TIME,
+                        help=f"seconds per seed below which a cell's speed is not flagged (default {MIN_TIME:g})")
     args = parser.parse_args(argv)
     try:
-        for flag in ("metric_tol", "speed_tol"):
+        for flag in ("metric_tol", "speed_tol", "min_time"):
             value = getattr(args, flag)
             if not (math.isfinite(value) and value >= 0):
                 raise CompareError(f"--{flag.replace('_', '-')} {value}: use a finite number >= 0")
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             if run.results is None or run.results.empty:
                 raise CompareError(f"{path} has no results yet; finish it with `python run_all.py --resume {path}`")
             runs.append(run)
-        comparison = compare(*runs, metric_tol=args.metric_tol, speed_tol=args.speed_tol)
+        comparison = compare(*runs, metric_tol=args.metric_tol, speed_tol=args.speed_tol, min_time=args.min_time)
     except (CompareError, store.StoreError) as e:
         print(f"bench.compare: error: {e}", file=sys.stderr)
         return 2

@@ -61,8 +61,11 @@ def test_planted_changes_are_flagged(runs):
     df.loc[metric_cell, "cos_mean"] += 0.01
     df.loc[slow_cell, "run_s"] = a.results.loc[slow_cell.to_numpy(), "run_s"].to_numpy() * 3
     df.loc[(df["d"] == 16) & (df["n"] == 4) & (df["seed"] == 0), "status"] = "error"
-    c = compare.compare(a, b._replace(results=df))
+    c = compare.compare(a, b._replace(results=df), min_time=0)
     flags = {(r.d, r.n): r.flag for r in c.cells.itertuples()}
+    # with the default floor, these millisecond cells are not speed-flagged: their times are noise
+    default = compare.compare(a, b._replace(results=df))
+    assert not default.cells["flag"].str.contains("slower|faster").any()
     assert "metrics" in flags[(8, 16)] and flags[(8, 16)].count(",") == 0
     assert c.cells.loc[(c.cells["d"] == 8) & (c.cells["n"] == 16), "cos_mean_change"].iloc[0] == pytest.approx(0.01)
     assert flags[(16, 64)] == "slower"
