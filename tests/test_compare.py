@@ -53,26 +53,29 @@ def test_different_d_lists_compare_only_their_overlap(runs):
 
 def test_planted_changes_are_flagged(runs):
     a, b = rundir.read(runs["a"]), rundir.read(runs["b"])
-    df = b.results.copy()
-    assert (df[["d", "n", "seed"]].to_numpy() == a.results[["d", "n", "seed"]].to_numpy()).all()  # same row order
-    df["run_s"] = a.results["run_s"].to_numpy()  # no speed noise but the planted one
-    metric_cell = (df["d"] == 8) & (df["n"] == 16)
-    slow_cell = (df["d"] == 16) & (df["n"] == 64)
-    df.loc[metric_cell, "cos_mean"] += 0.01
-    df.loc[slow_cell, "run_s"] = a.results.loc[slow_cell.to_numpy(), "run_s"].to_numpy() * 3
-    df.loc[(df["d"] == 16) & (df["n"] == 4) & (df["seed"] == 0), "status"] = "error"
-    c = compare.compare(a, b._replace(results=df), min_time=0)
+    da, db = a.results.copy(), b.results.copy()
+    assert (db[["d", "n", "seed"]].to_numpy() == da[["d", "n", "seed"]].to_numpy()).all()  # same row order
+    da["run_s"] = db["run_s"] = 0.001  # no speed noise but the planted one
+    metric_cell = (db["d"] == 8) & (db["n"] == 16)
+    tiny_slow = (db["d"] == 8) & (db["n"] == 64)      # 3x slower, but milliseconds: noise by default
+    slow = (db["d"] == 16) & (db["n"] == 64)          # 3x slower at 0.1 s per seed: flagged
+    da.loc[slow, "run_s"] = 0.1
+    db.loc[slow, "run_s"] = 0.3
+    db.loc[tiny_slow, "run_s"] = 0.003
+    db.loc[metric_cell, "cos_mean"] += 0.01
+    db.loc[(db["d"] == 16) & (db["n"] == 4) & (db["seed"] == 0), "status"] = "error"
+    c = compare.compare(a._replace(results=da), b._replace(results=db))
     flags = {(r.d, r.n): r.flag for r in c.cells.itertuples()}
-    # with the default floor, these millisecond cells are not speed-flagged: their times are noise
-    default = compare.compare(a, b._replace(results=df))
-    assert not default.cells["flag"].str.contains("slower|faster").any()
-    assert "metrics" in flags[(8, 16)] and flags[(8, 16)].count(",") == 0
+    assert flags == {(8, 4): "", (8, 16): "metrics", (8, 64): "", (16, 4): "status", (16, 16): "", (16, 64): "slower"}
     assert c.cells.loc[(c.cells["d"] == 8) & (c.cells["n"] == 16), "cos_mean_change"].iloc[0] == pytest.approx(0.01)
-    assert flags[(16, 64)] == "slower"
     assert c.cells.loc[(c.cells["d"] == 16) & (c.cells["n"] == 64), "speed_ratio"].iloc[0] == pytest.approx(3)
-    assert flags[(16, 4)] == "status"
     summary = "\n".join(compare.summary_lines(c))
     assert "flagged: 3 (metrics 1, slower 1, faster 0, status 1)" in summary
+    # without the floor, the millisecond cell is flagged too; swapped, both are faster
+    assert compare.compare(a._replace(results=da), b._replace(results=db), min_time=0).cells["flag"].tolist().count(
+        "slower") == 2
+    swapped = compare.compare(b._replace(results=db), a._replace(results=da))
+    assert swapped.cells["flag"].str.contains("faster").sum() == 1
 
 
 def test_environment_differences_are_named(runs):

@@ -1,4 +1,4 @@
-"""The regression gate: its arithmetic on synthetic figures (fast set), and the gate itself
+"""The regression gate (bench.regress, over bench.benchmarks): its arithmetic on synthetic figures (fast set), and the gate itself
 against the committed baseline plus a planted slowdown (`pytest -m regress -n 0`, which CI runs
 after the test suite)."""
 
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bench import regress
+from bench import benchmarks, regress
 from tests.conftest import run_env
 
 RATIO = {"kind": "ratio", "value": 2.0, "tolerance": 0.25}
@@ -66,7 +66,7 @@ def test_table_lists_regressions_first_with_their_change():
 
 
 def test_baseline_tolerance_comes_from_the_measured_spread(monkeypatch):
-    monkeypatch.setitem(regress.BENCHMARKS, "b", regress.Benchmark(
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "b", benchmarks.Benchmark(
         "b", "", None, {"t": ("ratio", 0.25), "peak": ("bound", 0.15), "c": ("count", 0.0)}))
     runs = [{"b.t": v, "b.peak": p, "b.c": 3.0} for v, p in ((1.0, 0.5), (1.1, 0.52), (0.9, 0.5))]
     base = regress.new_baseline(runs, {"backend": "cpu"})
@@ -96,15 +96,15 @@ def test_committed_baseline_is_well_formed():
     for entry in baselines["machines"].values():
         assert entry["runs"] >= 10  # the spread behind each tolerance was measured over 10 runs
         for name, fig in entry["figures"].items():
-            kind, _ = regress.kind_of(name)  # every figure is one the benchmarks report
+            kind, _ = benchmarks.kind_of(name)  # every figure is one the benchmarks report
             assert fig["kind"] == kind and len(fig["runs"]) == entry["runs"]
             if kind == "ratio":
-                assert fig["tolerance"] >= regress.MIN_TOLERANCE and fig["tolerance"] >= 2 * fig["spread"] - 1e-9
+                assert fig["tolerance"] >= benchmarks.MIN_TOLERANCE and fig["tolerance"] >= 2 * fig["spread"] - 1e-9
 
 
 def test_pytest_benchmark_reads_our_json(tmp_path):
-    results = {"attention_recall": regress.Measured({"time_ratio": 0.9}, [0.05, 0.06, 0.055]),
-               "sweep_programs": regress.Measured({"backend_compiles": 12.0}, [])}
+    results = {"attention_recall": benchmarks.Measured({"time_ratio": 0.9}, [0.05, 0.06, 0.055]),
+               "sweep_programs": benchmarks.Measured({"backend_compiles": 12.0}, [])}
     data = regress.pytest_benchmark_json(results)
     assert [b["name"] for b in data["benchmarks"]] == ["attention_recall"]
     assert data["benchmarks"][0]["stats"]["median"] == pytest.approx(0.055)
@@ -148,9 +148,9 @@ def _synthetic(monkeypatch, ratios):
 
     def toy(rounds):
         calls.append(rounds)
-        return regress.Measured({"time_ratio": next(values), "hits": 3.0}, [0.1] * rounds)
+        return benchmarks.Measured({"time_ratio": next(values), "hits": 3.0}, [0.1] * rounds)
 
-    monkeypatch.setitem(regress.BENCHMARKS, "toy", regress.Benchmark(
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "toy", benchmarks.Benchmark(
         "toy", "a toy", toy, {"time_ratio": ("ratio", 0.25), "hits": ("count", 0.0)}))
     return calls
 
@@ -228,9 +228,9 @@ def test_planted_slowdown_fails_the_gate(monkeypatch, tmp_path):
     it passes."""
     from kernels import attention
 
-    results = regress.measure(["attention_recall"], 5)
+    results = benchmarks.measure(["attention_recall"], 5)
     env = regress.environment()
-    baseline = regress.new_baseline([regress.flat(results)], env)
+    baseline = regress.new_baseline([benchmarks.flat(results)], env)
     file = {"machines": {regress.machine(env): baseline}}
     ok, _, _ = regress.run_gate(["attention_recall"], 5, tmp_path / "same", 2, file, lambda s: None)
     assert ok, (tmp_path / "same" / "gate.md").read_text()
