@@ -21,8 +21,9 @@ from typing import Any, Callable, NamedTuple
 
 # A ratio's tolerance is never below this, whatever the spread measured for the baseline.
 MIN_TOLERANCE = 0.25
-# A bound's limit: the baseline's peak plus this fraction (VmHWM moves by a few MiB run to run).
-BOUND_MARGIN = 0.15
+# A bound's limit: the baseline's largest peak plus this fraction. VmHWM of the same process moves
+# by about +-10% run to run, more under CPU contention (0.657 GiB against a 0.621 GiB maximum once).
+BOUND_MARGIN = 0.25
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 REFERENCE_SIZE = 2048
 

@@ -1,0 +1,172 @@
+"""Reading a nested dictionary with attention, level by level: pure JAX.
+
+A tree is a tuple of levels (built from a Python dict by nested.build). Level l holds the
+N_l nodes reached by l keys, each with up to B child slots:
+
+    keys (N_l, B, d), mask (N_l, B), child (N_l, B) int32 (the child's node index at level
+    l + 1, or -1), values (N_l, B, dv) (a leaf's value, or a DAG node's qualifier; 0 where
+    none).
+
+A query is a path of key vectors ``(L, d)`` and its length m (1..L); the read returns the
+blend of the values of the slots at level m - 1, each weighted by its path weight:
+
+- ``soft``: every level weights the children of every node by a softmax (inverse temperature
+  beta) over that node's children, and a child's path weight is its parent's times that: the
+  product of per-level softmaxes. The path weights of one level sum to 1 (a distribution over
+  paths, the global normalisation), so the blend is a convex combination of stored values and
+  stays bounded; weight that reaches a leaf above level m - 1 is lost (the query asked for a
+  longer path). Cost O(tree size x d) per query.
+- ``sparse``: the same with sparsemax instead of softmax (exact zeros, differentiable almost
+  everywhere).
+- ``topk``: a beam: only the k best nodes (by path log-weight) of each level are expanded, so
+  the cost is O(depth k B d) per query; the read-out blends the k best slots of level m - 1
+  with their path weights renormalised over those k. k = 1 is greedy hard selection. A beam
+  holds paths (a node reached by several paths fills several entries); with k at least the
+  number of paths to the widest level it equals ``soft`` where every path reaches level m - 1.
+  Gradients flow through the selected weights (the choice itself is piecewise constant).
+
+Scores come from ``kernels.attention.SIMILARITY_REGISTRY`` (the flat memories' scoring).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kernels.attention import SIMILARITY_REGISTRY, _exp_below
+
+MODES = ("soft", "sparse", "topk")
+
+
+class Level(NamedTuple):
+    keys: jax.Array     # (N, B, d)
+    mask: jax.Array     # (N, B) bool
+    child: jax.Array    # (N, B) int32, -1: no child
+    values: jax.Array   # (N, B, dv)
+
+
+def _scores(similarity: str, q, keys):
+    """q (d,), keys (..., d) -> (...) scores, with the flat memories' similarity."""
+    sim = SIMILARITY_REGISTRY[similarity]
+    flat = keys.reshape(1, -1, keys.shape[-1])
+    s = sim.scores(sim.prepare(q[None, None, :]), sim.prepare(flat))
+    return s.reshape(keys.shape[:-1])
+
+
+def sparsemax(z, mask):
+    """Sparsemax over the last axis (Martins & Astudillo 2016): the Euclidean projection of z
+    onto the simplex; masked entries get 0. Rows with no valid entry give 0."""
+    big = jnp.finfo(z.dtype).max / 4
+    zm = jnp.where(mask, z, -big)
+    zs = -jnp.sort(-zm, axis=-1)
+    ks = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    cum = jnp.cumsum(jnp.where(zs > -big, zs, 0.0), axis=-1)
+    valid_sorted = zs > -big
+    support = valid_sorted & (1 + ks * zs > cum)
+    k = jnp.maximum(support.sum(-1, keepdims=True), 1)
+    tau = (jnp.take_along_axis(cum, k - 1, axis=-1) - 1) / k.astype(z.dtype)
+    return jnp.where(mask, jnp.maximum(z - tau, 0.0), 0.0)
+
+
+def _local_weights(mode: str, s, mask, beta):
+    """Weights of each node's children (..., B), summing to 1 over valid children."""
+    if mode == "sparse":
+        return sparsemax(beta * s, mask)
+    top = jnp.max(jnp.where(mask, s, -jnp.inf), axis=-1, keepdims=True)
+    p = jnp.where(mask, _exp_below(beta, s - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+    return p / jnp.maximum(p.sum(-1, keepdims=True), jnp.finfo(s.dtype).tiny)
+
+
+def _log_local(s, mask, beta):
+    """Log of the softmax weights of each node's children; -inf where masked."""
+    z = jnp.where(mask, beta * s, -jnp.inf)
+    top = jnp.max(z, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return z - top - jnp.log(jnp.maximum(jnp.sum(jnp.exp(z - top), -1, keepdims=True), jnp.finfo(s.dtype).tiny))
+
+
+def _dense_read(levels, q, m, *, mode, similarity, beta):
+    """soft / sparse: every node of every level, weights pushed down by scatter-add (a node
+    reached by several paths, in a DAG, sums their weights)."""
+    w = jnp.ones((levels[0].keys.shape[0],), q.dtype)
+    out = jnp.zeros((levels[0].values.shape[-1],), q.dtype)
+    mass = jnp.zeros((), q.dtype)
+    for l, lev in enumerate(levels):
+        a = _local_weights(mode, _scores(similarity, q[l], lev.keys), lev.mask, beta)
+        cw = w[:, None] * a
+        here = l == m - 1
+        out = jnp.where(here, jnp.einsum("nb,nbv->v", cw, lev.values), out)
+        mass = jnp.where(here, jnp.sum(jnp.where(lev.mask, cw, 0.0)), mass)
+        if l + 1 < len(levels):
+            n_next = levels[l + 1].keys.shape[0]
+            target = jnp.where(lev.child >= 0, lev.child, n_next)  # no child: a sink slot, dropped
+            w = jnp.zeros((n_next + 1,), q.dtype).at[target.reshape(-1)].add(cw.reshape(-1))[:n_next]
+    return out, mass
+
+
+def _beam_read(levels, q, m, *, k, similarity, beta):
+    """topk: a beam of the k best nodes per level, by path log-weight."""
+    idx = jnp.zeros((k,), jnp.int32)
+    logw = jnp.full((k,), -jnp.inf, q.dtype).at[0].set(0.0)
+    out = jnp.zeros((levels[0].values.shape[-1],), q.dtype)
+    mass = jnp.zeros((), q.dtype)
+    for l, lev in enumerate(levels):
+        b = lev.keys.shape[1]
+        keys, mask, child = lev.keys[idx], lev.mask[idx] & jnp.isfinite(logw)[:, None], lev.child[idx]
+        cand = (logw[:, None] + _log_local(_scores(similarity, q[l], keys), mask, beta)).reshape(-1)  # (k B,)
+        width = min(k, cand.shape[0])
+        top, pos = jax.lax.top_k(cand, width)
+        ok = jnp.isfinite(top)
+        best = jnp.where(ok[0], top[0], 0.0)
+        w = jnp.where(ok, jnp.exp(top - best), 0.0)
+        picked = lev.values[idx][pos // b, pos % b]  # (width, dv)
+        here = l == m - 1
+        out = jnp.where(here, jnp.einsum("k,kv->v", w / jnp.maximum(w.sum(), jnp.finfo(q.dtype).tiny), picked), out)
+        mass = jnp.where(here, jnp.sum(jnp.where(ok, jnp.exp(top), 0.0)), mass)
+        if l + 1 < len(levels):
+            inner = jnp.where(child.reshape(-1) >= 0, cand, -jnp.inf)
+            top2, pos2 = jax.lax.top_k(inner, width)
+            nxt = child.reshape(-1)[pos2]
+            idx = jnp.zeros((k,), jnp.int32).at[:width].set(jnp.maximum(nxt, 0))
+            logw = jnp.full((k,), -jnp.inf, q.dtype).at[:width].set(jnp.where(nxt >= 0, top2, -jnp.inf))
+    return out, mass
+
+
+class Read(NamedTuple):
+    """values: (Q, dv) blended values; mass: (Q,) total path weight at the read-out level
+    before any renormalisation (1 for soft/sparse when every path reaches it)."""
+
+    values: jax.Array
+    mass: jax.Array
+
+
+@partial(jax.jit, static_argnames=("mode", "similarity", "k", "query_block"))
+def read(levels: tuple[Level, ...], paths, lengths, *, mode: str = "soft", similarity: str = "dot", beta=1.0,
+         k: int = 1, query_block: int = 256) -> Read:
+    """Read a batch of query paths: paths (Q, L, d) (L = the tree's depth; rows past a path's
+    length are ignored), lengths (Q,) int in 1..L. See the module docstring for the modes."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if similarity not in SIMILARITY_REGISTRY:
+        raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITY_REGISTRY)}")
+    if k < 1:
+        raise ValueError(f"k = {k}: a beam needs k >= 1")
+    if paths.ndim != 3 or paths.shape[1] != len(levels):
+        raise ValueError(f"paths must be (Q, {len(levels)}, d) for a tree of depth {len(levels)}, got {paths.shape}")
+    dtype = jnp.result_type(paths.dtype, levels[0].keys.dtype, jnp.float32)
+    paths = paths.astype(dtype)
+    beta = jnp.asarray(beta, dtype)
+    if mode == "topk":
+        one = lambda q, m: _beam_read(levels, q, m, k=k, similarity=similarity, beta=beta)  # noqa: E731
+    else:
+        one = lambda q, m: _dense_read(levels, q, m, mode=mode, similarity=similarity, beta=beta)  # noqa: E731
+    nq = paths.shape[0]
+    qb = max(1, min(query_block, nq))
+    rows = -(-nq // qb) * qb
+    padded = jnp.pad(paths, ((0, rows - nq), (0, 0), (0, 0))).reshape(-1, qb, *paths.shape[1:])
+    lens = jnp.pad(jnp.asarray(lengths, jnp.int32), (0, rows - nq), constant_values=1).reshape(-1, qb)
+    values, mass = jax.lax.map(lambda args: jax.vmap(one)(*args), (padded, lens))
+    return Read(values.reshape(rows, -1)[:nq], mass.reshape(rows)[:nq])

@@ -1,0 +1,280 @@
+"""Nested dictionaries: the generators make exactly the advertised structure, bad trees are
+refused naming the path, and the attention read (kernels.nested) is exact with orthogonal keys
+and top-1 selection, equals a float64 NumPy walk of the same dict in soft and sparse mode,
+equals soft mode in top-k mode once the beam holds every node, and has gradients that match
+finite differences."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from jax.test_util import check_grads
+
+from kernels import nested as kn
+from nested import build, generate, validate
+
+
+def _spec(form, depth=3, branching=4, **kw):
+    return generate.TreeSpec(form, depth=depth, branching=branching, **kw)
+
+
+# --- generators -------------------------------------------------------------------------------
+
+@given(form=st.sampled_from(generate.FORMS), depth=st.integers(1, 4), branching=st.integers(1, 5),
+       vary=st.booleans(), collision=st.sampled_from([0.0, 0.5, 1.0]), sharing=st.sampled_from([0.0, 0.5, 1.0]),
+       seed=st.integers(0, 3))
+def test_generated_trees_have_the_advertised_structure(form, depth, branching, vary, collision, sharing, seed):
+    spec = generate.TreeSpec(form, depth, branching, vary, collision, sharing, seed)
+    tree = generate.generate(spec)
+    assert json.loads(json.dumps(tree)) == tree and generate.generate(spec) == tree  # JSON, deterministic
+    assert validate.check(tree, rules=form == "dag") == depth  # reaches the full depth, obeys the rules
+
+    def widths(node, level=0):
+        yield level, len(node)
+        for value in node.values():
+            sub = validate._child(value, ())
+            if sub is not None:
+                yield from widths(sub, level + 1)
+
+    for level, width in widths(tree):
+        limit = min(branching, validate.RULE_WIDE) if form == "dag" and level == depth - 1 else branching
+        assert 1 <= width <= limit
+        if not vary and form in ("cartesian", "independent", "collision", "random"):
+            assert width == branching
+
+
+def test_cartesian_parents_hold_the_same_inner_dictionary_stored_once():
+    tree = generate.generate(_spec("cartesian", depth=3, branching=3))
+    inner = list(tree.values())
+    assert all(x == inner[0] for x in inner)
+    compiled = build.compile_tree(tree)
+    assert [lev.keys.shape for lev in compiled.levels] == [(1, 3), (1, 3), (1, 3)]  # one node per level
+    assert len(compiled.paths) == 27 and compiled.size == 9
+
+
+def test_collision_keys_coincide_across_parents_with_different_values():
+    tree = generate.generate(_spec("collision", depth=2, branching=4, collision=1.0))
+    children = [v for v in tree.values() if isinstance(v, dict)]
+    assert len(children) >= 2
+    shared = set(children[0]) & set(children[1])
+    assert shared  # the same inner key under two parents ...
+    key = next(iter(shared))
+    assert children[0][key] != children[1][key]  # ... meaning different things
+    fresh = generate.generate(_spec("collision", depth=2, branching=4, collision=0.0))
+    inner_keys = [set(v) for v in fresh.values() if isinstance(v, dict)]
+    assert all(not (a & b) for i, a in enumerate(inner_keys) for b in inner_keys[i + 1:])  # no collision at 0
+
+
+def test_dag_shares_sub_dictionaries_and_stores_them_once():
+    spec = _spec("dag", depth=4, branching=5, sharing=1.0, seed=2)
+    tree = generate.generate(spec)
+    compiled = build.compile_tree(tree)
+    copies = sum(1 for _ in _walk_dicts(tree))
+    stored = sum(lev.keys.shape[0] for lev in compiled.levels)
+    assert stored < copies  # shared sub-dictionaries are one node reachable by several paths
+    reached_twice = any(np.bincount(lev.child[lev.child >= 0]).max() > 1 for lev in compiled.levels[:-1])
+    assert reached_twice
+    none = build.compile_tree(generate.generate(_spec("dag", depth=4, branching=5, sharing=0.0, seed=2)))
+    assert sum(lev.keys.shape[0] for lev in none.levels) == sum(1 for _ in _walk_dicts(
+        generate.generate(_spec("dag", depth=4, branching=5, sharing=0.0, seed=2))))
+
+
+def _walk_dicts(node):
+    yield node
+    for value in node.values():
+        sub = validate._child(value, ())
+        if sub is not None:
+            yield from _walk_dicts(sub)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("form", "tree", "form 'tree': use one of cartesian"),
+    ("depth", 0, "depth = 0: use 1..16"),
+    ("branching", 0, "branching = 0"),
+    ("collision", 1.5, "collision = 1.5: use a fraction in [0, 1]"),
+    ("branching", 4096, "more than 2^24 leaves"),
+])
+def test_bad_specs_name_the_field(field, value, message):
+    kw = {"form": "independent", "depth": 3, "branching": 4, field: value}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate.TreeSpec(**kw)
+
+
+# --- bad trees ---------------------------------------------------------------------------------
+
+def _cyclic():
+    a = {"x": "v"}
+    a["self"] = a
+    return a
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({1: "v"}, "key 1 at the top level is a int; keys must be strings"),
+    ({"a": {"b": {}}}, "empty level at a/b"),
+    ({"a": 3.5}, "a holds float 3.5; a value is a string"),
+    ({"a": ["q", "not a dict"]}, "a holds list"),
+    ({"a": ["q", None, None]}, "a holds list"),
+    (_cyclic(), "cycle at self"),
+    ([], "must be a dict at the top, got list"),
+])
+def test_bad_trees_are_refused_naming_the_path(tree, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate.check(tree)
+
+
+def test_depth_limit_and_json_files(tmp_path):
+    deep = "v"
+    for _ in range(20):
+        deep = {"k": deep}
+    with pytest.raises(ValueError, match="deeper than 16 levels"):
+        validate.check(deep)
+    assert validate.check(deep, max_depth=32) == 20
+    path = tmp_path / "t.json"
+    tree = generate.generate(_spec("dag"))
+    validate.dump(tree, path)
+    assert validate.load(path) == tree
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        validate.load(path)
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match="deeper than Python can read|must be a dict"):
+        validate.load(path)
+    with pytest.raises(ValueError, match="n_0: a key matching"):
+        validate.check({"n_0": "v"}, rules=True)
+    with pytest.raises(ValueError, match="has 5 keys and no nested value"):
+        validate.check({f"k{i}": "v" for i in range(5)}, rules=True)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+def _setup(tree, d=None, dv=16, orthogonal=False, seed=0, dtype=np.float32):
+    compiled = build.compile_tree(tree)
+    if orthogonal:
+        K = np.eye(len(compiled.key_symbols), dtype=dtype)
+    else:
+        K = build.gaussian_codebook(compiled.key_symbols, d, seed, dtype=dtype)
+    V = build.gaussian_codebook(compiled.value_symbols, dv, seed + 1, dtype=dtype)
+    return compiled, K, V, build.device_levels(compiled, K, V)
+
+
+@pytest.mark.parametrize("form", generate.FORMS)
+def test_orthogonal_keys_and_top_1_read_every_path_exactly(form):
+    tree = generate.generate(_spec(form, depth=3, branching=3, seed=1, collision=1.0))
+    compiled, K, V, levels = _setup(tree, orthogonal=True)
+    paths, lengths, targets = build.query_paths(compiled, K)
+    got = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode="topk", k=1)
+    np.testing.assert_array_equal(np.asarray(got.values), V[targets])
+    # soft and sparse at a large beta agree (sparsemax is exact already at beta 2: a gap of 1)
+    sparse = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode="sparse", beta=2.0)
+    np.testing.assert_allclose(np.asarray(sparse.values), V[targets], atol=1e-6)
+    soft = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode="soft", beta=60.0)
+    np.testing.assert_allclose(np.asarray(soft.values), V[targets], atol=1e-5)
+
+
+def _numpy_walk(tree, compiled, K, V, q, m, beta, mode):
+    """float64 reference: recurse the Python dict itself (copies of shared nodes walked
+    separately), softmax or sparsemax of beta * dot over each node's children."""
+    kid = {s: i for i, s in enumerate(compiled.key_symbols)}
+    vid = {s: i for i, s in enumerate(compiled.value_symbols)}
+
+    def local(z):
+        if mode == "soft":
+            e = np.exp(z - z.max())
+            return e / e.sum()
+        zs = np.sort(z)[::-1]
+        cum = np.cumsum(zs)
+        k = np.arange(1, len(z) + 1)
+        kz = k[1 + k * zs > cum].max()
+        return np.maximum(z - (cum[kz - 1] - 1) / kz, 0)
+
+    def walk(node, level, w):
+        items = list(node.items())
+        a = local(beta * np.array([q[level] @ K[kid[key]] for key, _ in items], np.float64))
+        out = np.zeros(V.shape[1])
+        for (key, value), aj in zip(items, a):
+            sub = validate._child(value, ())
+            symbol = value if isinstance(value, str) else (value[0] if isinstance(value, list) else None)
+            if level == m - 1:
+                if symbol is not None:
+                    out += w * aj * V[vid[symbol]]
+            elif sub is not None:
+                out += walk(sub, level + 1, w * aj)
+        return out
+
+    return walk(tree, 0, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["soft", "sparse"])
+@pytest.mark.parametrize("form", generate.FORMS)
+def test_dense_modes_equal_a_float64_numpy_walk(form, mode):
+    tree = generate.generate(_spec(form, depth=3, branching=3, seed=3, collision=0.5))
+    compiled, K, V, levels = _setup(tree, d=8, dtype=np.float64)
+    paths, lengths, _ = build.query_paths(compiled, K)
+    noisy = paths + 0.3 * np.random.default_rng(0).standard_normal(paths.shape)  # soft, not one-hot weights
+    got = np.asarray(kn.read(levels, jnp.asarray(noisy), jnp.asarray(lengths), mode=mode, beta=2.0).values)
+    want = np.stack([_numpy_walk(tree, compiled, K, V, q, m, 2.0, mode) for q, m in zip(noisy, lengths)])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    got32 = kn.read(build.device_levels(compiled, K.astype(np.float32), V.astype(np.float32)),
+                    jnp.asarray(noisy, jnp.float32), jnp.asarray(lengths), mode=mode, beta=2.0).values
+    np.testing.assert_allclose(np.asarray(got32), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["cartesian", "independent"])
+def test_top_k_with_the_whole_level_in_the_beam_equals_soft(form):
+    tree = generate.generate(_spec(form, depth=3, branching=3, seed=4))
+    compiled, K, V, levels = _setup(tree, d=8)
+    paths, lengths, _ = build.query_paths(compiled, K)
+    noisy = jnp.asarray(paths + 0.3 * np.random.default_rng(1).standard_normal(paths.shape).astype(np.float32))
+    soft = kn.read(levels, noisy, jnp.asarray(lengths), mode="soft", beta=2.0)
+    # a beam holds paths, not nodes (a node reached by several paths fills several entries)
+    prefixes = {keys[:i] for keys, _ in compiled.paths for i in range(1, len(keys) + 1)}
+    widest = max(np.bincount([len(p) for p in prefixes]))
+    beam = kn.read(levels, noisy, jnp.asarray(lengths), mode="topk", beta=2.0, k=int(widest))
+    # top-k renormalises over the paths it read out; soft keeps the weight that reached the level
+    np.testing.assert_allclose(np.asarray(beam.mass), np.asarray(soft.mass), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(beam.values) * np.asarray(beam.mass)[:, None], np.asarray(soft.values),
+                               rtol=1e-4, atol=1e-6)
+    if form == "cartesian":  # every path reaches the read-out level: no renormalisation at all
+        np.testing.assert_allclose(np.asarray(soft.mass), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(beam.values), np.asarray(soft.values), rtol=1e-4, atol=1e-6)
+    smaller = kn.read(levels, noisy, jnp.asarray(lengths), mode="topk", beta=2.0, k=2)
+    assert np.abs(np.asarray(smaller.values) - np.asarray(beam.values)).max() > 1e-3  # a narrow beam differs
+
+
+@pytest.mark.parametrize("mode, k", [("soft", 1), ("sparse", 1), ("topk", 2)])
+def test_gradients_match_finite_differences(mode, k):
+    tree = generate.generate(_spec("collision", depth=2, branching=3, seed=5, collision=0.5))
+    compiled, K, V, levels = _setup(tree, d=6, dv=4, dtype=np.float64)
+    paths, lengths, targets = build.query_paths(compiled, K, which=range(4))
+    rng = np.random.default_rng(2)
+    queries = jnp.asarray(paths + 0.2 * rng.standard_normal(paths.shape))
+    lengths = jnp.asarray(lengths)
+
+    def loss(queries, keys0, values1):
+        lv = list(levels)
+        lv[0] = lv[0]._replace(keys=keys0)
+        lv[1] = lv[1]._replace(values=values1)
+        out = kn.read(tuple(lv), queries, lengths, mode=mode, beta=1.5, k=k).values
+        return jnp.sum((out - V[targets]) ** 2)
+
+    args = (queries, levels[0].keys, levels[1].values)
+    check_grads(loss, args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
+    grads = jax.grad(loss, argnums=(0, 1, 2))(*args)
+    assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0 for g in grads)
+
+
+def test_bad_read_arguments():
+    compiled, K, V, levels = _setup(generate.generate(_spec("independent", depth=2, branching=2)), d=4)
+    paths, lengths, _ = build.query_paths(compiled, K)
+    for kw, message in (({"mode": "hard"}, "unknown mode 'hard'"), ({"similarity": "l3"}, "unknown similarity"),
+                        ({"mode": "topk", "k": 0}, "k = 0")):
+        with pytest.raises(ValueError, match=message):
+            kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), **kw)
+    with pytest.raises(ValueError, match=r"paths must be \(Q, 2, d\)"):
+        kn.read(levels, jnp.asarray(paths[:, :1]), jnp.asarray(lengths))
