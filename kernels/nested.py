@@ -58,17 +58,18 @@ def _scores(similarity: str, q, keys):
 
 def sparsemax(z, mask):
     """Sparsemax over the last axis (Martins & Astudillo 2016): the Euclidean projection of z
-    onto the simplex; masked entries get 0. Rows with no valid entry give 0."""
-    big = jnp.finfo(z.dtype).max / 4
-    zm = jnp.where(mask, z, -big)
+    onto the simplex; masked entries get 0, and so does a row with no valid entry. A masked
+    entry stands in as max - 2, below any threshold (tau >= max - 1), so it is never in the
+    support and every number stays finite (no inf in the gradient)."""
+    top = jnp.max(jnp.where(mask, z, -jnp.inf), axis=-1, keepdims=True)
+    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+    zm = jnp.where(mask, z, top - 2.0)
     zs = -jnp.sort(-zm, axis=-1)
     ks = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
-    cum = jnp.cumsum(jnp.where(zs > -big, zs, 0.0), axis=-1)
-    valid_sorted = zs > -big
-    support = valid_sorted & (1 + ks * zs > cum)
-    k = jnp.maximum(support.sum(-1, keepdims=True), 1)
+    cum = jnp.cumsum(zs, axis=-1)
+    k = jnp.maximum(jnp.sum(1 + ks * zs > cum, axis=-1, keepdims=True), 1)
     tau = (jnp.take_along_axis(cum, k - 1, axis=-1) - 1) / k.astype(z.dtype)
-    return jnp.where(mask, jnp.maximum(z - tau, 0.0), 0.0)
+    return jnp.where(mask, jnp.maximum(zm - tau, 0.0), 0.0)
 
 
 def _local_weights(mode: str, s, mask, beta):

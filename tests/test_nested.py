@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from jax.test_util import check_grads
 
 from kernels import nested as kn
-from nested import build, generate, validate
+from nested import build, flat, generate, learn, validate
 
 
 def _spec(form, depth=3, branching=4, **kw):
@@ -278,3 +278,86 @@ def test_bad_read_arguments():
             kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), **kw)
     with pytest.raises(ValueError, match=r"paths must be \(Q, 2, d\)"):
         kn.read(levels, jnp.asarray(paths[:, :1]), jnp.asarray(lengths))
+
+
+# --- flat baselines -----------------------------------------------------------------------------
+
+def test_compositions():
+    rng = np.random.default_rng(0)
+    paths = rng.standard_normal((5, 3, 8))
+    lengths = np.array([3, 3, 2, 1, 3])
+    s = flat.compose(paths, lengths, "sum")
+    np.testing.assert_allclose(s[0], paths[0].sum(0))
+    np.testing.assert_allclose(s[3], paths[3, 0])  # levels past the length do not count
+    swapped = paths[:, [1, 0, 2]]
+    np.testing.assert_allclose(flat.compose(swapped, lengths, "sum")[0], s[0])  # bundling is order-blind ...
+    assert not np.allclose(flat.compose(swapped, lengths, "hadamard")[0], flat.compose(paths, lengths, "hadamard")[0])
+    c = flat.compose(paths, lengths, "concat")
+    assert c.shape == (5, 24) and np.all(c[2, 16:] == 0) and np.allclose(c[0, 8:16], paths[0, 1])
+    circ = flat.compose(paths, lengths, "circular")
+    two = np.real(np.fft.ifft(np.fft.fft(paths[2, 0]) * np.fft.fft(paths[2, 1])))  # circular convolution
+    np.testing.assert_allclose(circ[2], two, atol=1e-12)
+    np.testing.assert_allclose(circ[3], paths[3, 0], atol=1e-12)  # one level: itself
+    with pytest.raises(ValueError, match="unknown composition 'xor'"):
+        flat.compose(paths, lengths, "xor")
+
+
+def _metrics(out, V, targets):
+    out = np.asarray(out, np.float64)
+    want = V[targets]
+    cos = np.sum(out * want, 1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(want, axis=1))
+    return cos.mean(), np.mean(np.argmax(out @ V.T - 0.5 * np.sum(V * V, 1), 1) == targets)
+
+
+def test_flat_baselines_where_they_must_be_exact_and_where_they_cannot_be():
+    # fresh keys, fewer paths than L d: concatenated keys are independent, so the pseudoinverse is exact
+    tree = build.compile_tree(generate.generate(_spec("independent", depth=3, branching=4, seed=1)))
+    K = build.gaussian_codebook(tree.key_symbols, 32, 0)
+    V = build.gaussian_codebook(tree.value_symbols, 32, 1)
+    paths, lengths, targets = build.query_paths(tree, K)
+    assert len(targets) < 3 * 32
+    C = flat.compose(paths, lengths, "concat").astype(np.float32)
+    cos, acc = _metrics(flat.flat_pinv(C, V[targets], C), V, targets)
+    assert cos > 0.9999 and acc == 1.0
+    # every key coincides across parents: concatenations span only depth x branching dimensions, and
+    # a linear memory of them cannot tell paths apart; the nested read can
+    tree = build.compile_tree(generate.generate(_spec("collision", depth=3, branching=4, collision=1.0, seed=1)))
+    K = build.gaussian_codebook(tree.key_symbols, 32, 0)
+    V = build.gaussian_codebook(tree.value_symbols, 32, 1)
+    paths, lengths, targets = build.query_paths(tree, K)
+    C = flat.compose(paths, lengths, "concat").astype(np.float32)
+    assert np.linalg.matrix_rank(C) <= len(tree.key_symbols) < len(targets)
+    cos, _ = _metrics(flat.flat_pinv(C, V[targets], C), V, targets)
+    assert cos < 0.7
+    nested_read = kn.read(build.device_levels(tree, K, V), jnp.asarray(paths), jnp.asarray(lengths), mode="topk", k=1)
+    assert _metrics(nested_read.values, V, targets)[1] == 1.0
+
+
+def test_stacked_reads_walk_the_tree_with_hard_selection():
+    tree = build.compile_tree(generate.generate(_spec("collision", depth=3, branching=3, collision=1.0, seed=2)))
+    K = np.eye(len(tree.key_symbols), 48, dtype=np.float32)
+    V = build.gaussian_codebook(tree.value_symbols, 48, 1)
+    memory = flat.stacked_memory(tree, K, V, seed=3)
+    assert len(memory.keys) == tree.size
+    paths, lengths, targets = build.query_paths(tree, K)
+    out = flat.stacked_read(memory, paths, lengths, separation="max")
+    np.testing.assert_allclose(out, V[targets], atol=1e-5)  # each read lands on the right slot
+    with pytest.raises(ValueError, match="values need d = 48 coordinates"):
+        flat.stacked_memory(tree, K, V[:, :16])
+
+
+# --- learning through the read ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["soft", "sparse", "topk"])
+def test_a_learned_projection_retrieves_every_collision_path(mode):
+    """Queries through a random rotation: the identity projection finds almost no leaf; 150
+    Adam steps through the read find every one (fixed seed), in every mode."""
+    curve = learn.learn(mode, steps=150)
+    assert curve.accuracy[0] <= 0.1 and curve.accuracy[-1] == 1.0
+    assert curve.loss[-1] < 0.1 * curve.loss[0] and all(np.isfinite(curve.loss))
+
+
+def test_a_sharp_start_stalls_sparse_selection_but_not_soft():
+    """At beta 4 sparsemax's support is one branch: the others get no gradient, and learning stalls."""
+    assert learn.learn("soft", beta=4.0, steps=60).accuracy[-1] == 1.0
+    assert learn.learn("sparse", beta=4.0, steps=60).accuracy[-1] < 0.5
