@@ -130,12 +130,27 @@ def device_levels(tree: Tree, key_vectors: np.ndarray, value_vectors: np.ndarray
     from kernels.nested import Level
 
     out = []
-    for lev in tree.levels:
+    for l, lev in enumerate(tree.levels):
         keys = np.where((lev.keys >= 0)[..., None], key_vectors[np.maximum(lev.keys, 0)], 0.0)
         values = np.where((lev.values >= 0)[..., None], value_vectors[np.maximum(lev.values, 0)], 0.0)
         out.append(Level(jnp.asarray(keys, key_vectors.dtype), jnp.asarray(lev.keys >= 0), jnp.asarray(lev.child),
-                         jnp.asarray(values, value_vectors.dtype)))
+                         jnp.asarray(values, value_vectors.dtype),
+                         None if l == 0 else jnp.asarray(parent_slots(tree.levels[l - 1], lev.keys.shape[0]))))
     return tuple(out)
+
+
+def parent_slots(above: Slots, nodes: int) -> np.ndarray:
+    """(nodes, P) int32: for each node of a level, the flat slots (node * B + slot) of the level
+    above whose child it is, -1 padded; P is the largest number of parents."""
+    flat = above.child.reshape(-1)
+    slots = np.flatnonzero(flat >= 0)
+    order = np.argsort(flat[slots], kind="stable")
+    children, slots = flat[slots][order], slots[order]
+    counts = np.bincount(children, minlength=nodes)
+    out = np.full((nodes, max(int(counts.max(initial=0)), 1)), -1, np.int32)
+    rank = np.arange(len(children)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[children, rank] = slots
+    return out
 
 
 def query_paths(tree: Tree, key_vectors: np.ndarray, which=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -361,3 +361,19 @@ def test_a_sharp_start_stalls_sparse_selection_but_not_soft():
     """At beta 4 sparsemax's support is one branch: the others get no gradient, and learning stalls."""
     assert learn.learn("soft", beta=4.0, steps=60).accuracy[-1] == 1.0
     assert learn.learn("sparse", beta=4.0, steps=60).accuracy[-1] < 0.5
+
+
+def test_parent_gather_equals_the_scatter_and_counts_every_parent_of_a_shared_node():
+    tree = generate.generate(_spec("dag", depth=4, branching=5, sharing=1.0, seed=2))
+    compiled, K, V, levels = _setup(tree, d=8)
+    assert max(lev.parents.shape[1] for lev in levels[1:]) > 1  # some node has several parents
+    for l in range(1, len(levels)):
+        above = compiled.levels[l - 1].child.reshape(-1)
+        for node, slots in enumerate(np.asarray(levels[l].parents)):
+            assert sorted(s for s in slots if s >= 0) == sorted(np.flatnonzero(above == node))
+    paths, lengths, _ = build.query_paths(compiled, K)
+    scatter = tuple(lev._replace(parents=None) for lev in levels)
+    for mode in ("soft", "sparse"):
+        a = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, beta=2.0)
+        b = kn.read(scatter, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, beta=2.0)
+        np.testing.assert_allclose(np.asarray(a.values), np.asarray(b.values), rtol=1e-5, atol=1e-6)

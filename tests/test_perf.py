@@ -286,3 +286,93 @@ def test_default_run_wall_time(benchmark, tmp_path):
             "run_attention_s": df.loc[df.kernel == "attention", "run_s"].sum()}
     benchmark.extra_info.update(info)
     print("\ndefault run:", json.dumps({k: round(v, 2) for k, v in info.items()}))
+
+
+NESTED_READ = """
+import time, json, sys
+from bench.environment import configure_jax, matmul_gflops
+configure_jax()
+import jax, jax.numpy as jnp, numpy as np
+from kernels import nested as kn
+from kernels.attention import recall
+L, B, d, Q = 4, 32, 64, 4096
+which = sys.argv[1] if len(sys.argv) > 1 else "all"
+rng = np.random.default_rng(0)
+levels = []
+for l in range(L):
+    N = B**l
+    keys = (rng.standard_normal((N, B, d)) / np.sqrt(d)).astype(np.float32)
+    child = (np.arange(N * B).reshape(N, B) if l + 1 < L else -np.ones((N, B))).astype(np.int32)
+    values = (rng.standard_normal((N, B, d)) / np.sqrt(d)).astype(np.float32) if l + 1 == L else np.zeros((N, B, d), np.float32)
+    levels.append(kn.Level(jnp.asarray(keys), jnp.ones((N, B), bool), jnp.asarray(child), jnp.asarray(values), None if l == 0 else jnp.arange(N, dtype=jnp.int32)[:, None]))
+levels = tuple(levels)
+leaves = rng.integers(0, B**L, Q)
+digits = np.stack([(leaves // B**(L - 1 - l)) % B for l in range(L)], 1)
+node = np.zeros(Q, np.int64)
+path = np.zeros((Q, L, d), np.float32)
+for l in range(L):
+    path[:, l] = np.asarray(levels[l].keys)[node, digits[:, l]]
+    node = node * B + digits[:, l]
+paths = jnp.asarray(path); lengths = jnp.full((Q,), L, jnp.int32)
+target = np.asarray(levels[-1].values).reshape(-1, d)[leaves]
+rate = matmul_gflops()
+def timeit(f, reps=2):
+    out = f(); jax.block_until_ready(out)
+    best = 1e9
+    for _ in range(reps):
+        t = time.perf_counter(); out = f(); jax.block_until_ready(out); best = min(best, time.perf_counter() - t)
+    return best, out
+res = {"matmul_gflops": rate}
+def acc(out):
+    out = np.asarray(out); V = np.asarray(levels[-1].values).reshape(-1, d)
+    cos = np.sum(out * target, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(target, axis=1)
+    return float(cos.mean())
+slots = sum(B**(l+1) for l in range(L))
+if which in ("all", "topk"):
+    t, r = timeit(lambda: kn.read(levels, paths, lengths, mode="topk", k=4, beta=8.0))
+    res["topk4_s"] = t; res["topk4_cos"] = acc(r.values)
+if which in ("all", "soft"):
+    for qb in (256,):
+        t, r = timeit(lambda: kn.read(levels, paths, lengths, mode="soft", beta=8.0, query_block=qb), reps=1)
+        flops = Q * (2 * slots * d + 2 * B**L * d)
+        res[f"soft_qb{qb}_s"] = t; res["soft_cos"] = acc(r.values); res[f"soft_qb{qb}_of_floor"] = t / (flops / rate / 1e9)
+if which in ("all", "flat"):
+    # composite keys: sum of level keys along every leaf path
+    K = np.zeros((B**L, d), np.float32); idx = np.arange(B**L)
+    for l in range(L):
+        nodes = idx // B**(L - l)  # node at level l
+        dig = (idx // B**(L - 1 - l)) % B
+        K += np.asarray(levels[l].keys)[nodes, dig]
+    V = np.asarray(levels[-1].values).reshape(-1, d)
+    qk = jnp.asarray(path.sum(1))
+    f = jax.jit(lambda q: recall(q, jnp.asarray(K), jnp.asarray(V), beta=8.0))
+    t, out = timeit(lambda: f(qk), reps=1)
+    res["flat_attention_s"] = t; res["flat_cos"] = acc(out)
+peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 2**20
+res["peak_gib"] = peak
+print(json.dumps({k: round(v, 4) for k, v in res.items()}))
+"""
+
+
+def test_nested_read_at_a_million_leaves(benchmark):
+    """Issue "nested dictionaries", performance: 4096 path reads over a tree of depth 4 and
+    branching 32 (2^20 leaves, fresh Gaussian keys per slot, values at the last level) at d =
+    64, beta 8: top-k (k = 4) against soft mode and against one flat attention memory of every
+    leaf's composite (summed) key, each in a process of its own (peak memory: VmHWM)."""
+    def run(which):
+        done = subprocess.run([PYTHON, "-c", NESTED_READ, which], capture_output=True, text=True, env=run_env(),
+                              cwd=REPO, timeout=1800)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    results = benchmark.pedantic(lambda: {w: run(w) for w in ("topk", "soft", "flat")}, rounds=1, iterations=1)
+    info = {"topk4_s": results["topk"]["topk4_s"], "soft_s": results["soft"]["soft_qb256_s"],
+            "flat_attention_s": results["flat"]["flat_attention_s"],
+            "soft_of_flop_floor": results["soft"]["soft_qb256_of_floor"],
+            "peak_gib_topk": results["topk"]["peak_gib"], "peak_gib_soft": results["soft"]["peak_gib"],
+            "peak_gib_flat": results["flat"]["peak_gib"], "cos_topk": results["topk"]["topk4_cos"],
+            "cos_soft": results["soft"]["soft_cos"], "cos_flat": results["flat"]["flat_cos"]}
+    benchmark.extra_info.update(info)
+    print("\nnested read, 4096 paths, depth 4, branching 32, d = 64:", json.dumps({k: round(v, 3) for k, v in info.items()}))
+    assert info["cos_topk"] > 0.99 and info["cos_soft"] > 0.99
+    assert info["soft_s"] >= 10 * info["topk4_s"] and info["flat_attention_s"] >= 10 * info["topk4_s"]
