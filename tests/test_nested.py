@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from jax.test_util import check_grads
 
 from kernels import nested as kn
-from nested import build, flat, generate, learn, validate
+from nested import build, flat, generate, learn, theory, validate
 
 
 def _spec(form, depth=3, branching=4, **kw):
@@ -377,3 +377,26 @@ def test_parent_gather_equals_the_scatter_and_counts_every_parent_of_a_shared_no
         a = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, beta=2.0)
         b = kn.read(scatter, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, beta=2.0)
         np.testing.assert_allclose(np.asarray(a.values), np.asarray(b.values), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("branching, d, beta, depth", [(8, 256, 2.0, 3), (16, 256, 3.0, 3), (32, 128, 2.0, 2),
+                                                       (8, 64, 1.0, 3), (4, 512, 1.5, 4)])
+def test_soft_weight_on_the_true_path_follows_the_mean_field_product(branching, d, beta, depth):
+    """One-hot values make the read's value at the target exactly the path weight on the true
+    leaf; its mean over the paths of each length (50 or more) is within 10% of p^length."""
+    tree = build.compile_tree(generate.generate(_spec("independent", depth=depth, branching=branching, seed=0)))
+    K = build.gaussian_codebook(tree.key_symbols, d, 0)
+    V = np.eye(len(tree.value_symbols), dtype=np.float32)
+    paths, lengths, targets = build.query_paths(tree, K)
+    out = np.asarray(kn.read(build.device_levels(tree, K, V), jnp.asarray(paths), jnp.asarray(lengths), mode="soft",
+                             beta=beta).values)
+    weight = out[np.arange(len(targets)), targets]
+    checked = 0
+    for m in set(lengths.tolist()):
+        here = lengths == m
+        if here.sum() >= 50:
+            want = theory.true_path_weight(m, branching, d, beta)
+            assert abs(weight[here].mean() - want) <= 0.1 * want, (m, weight[here].mean(), want)
+            checked += 1
+    assert checked >= 1
+    assert theory.level_weight(1, d, beta) == 1.0 and theory.true_path_weight(0, branching, d, beta) == 1.0
