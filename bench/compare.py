@@ -252,8 +252,14 @@ def build(c: Comparison, out: Path) -> tuple[Path, Path]:
     return md, page
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other usage error
+        print(f"bench.compare: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0, or 2 when the runs cannot be read or share no cells.")
     parser.add_argument("run_a", type=Path, help="the run to compare against (A)")
     parser.add_argument("run_b", type=Path, help="the run compared (B)")

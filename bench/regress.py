@@ -228,8 +228,8 @@ def run_gate(names: list[str], rounds: int, out: Path, confirm: int, baselines: 
     if not same_machine:
         say(f"no baseline for this machine ({machine(here)}): time ratios are shown, not gated; record one with "
             "--update-baseline")
-    results = measure(names, rounds, lambda name: say(f"measuring {name}"))
-    verdicts = judge(baseline["figures"], flat(results), gate_ratios=same_machine)
+    results, failed = _measure_each(names, rounds, say)
+    verdicts = judge(baseline["figures"], flat(results), gate_ratios=same_machine) + failed
     for _ in range(confirm):
         suspects = sorted({v.name.partition(".")[0] for v in verdicts if not v.ok and v.kind == "ratio"})
         if not suspects:
@@ -242,7 +242,7 @@ def run_gate(names: list[str], rounds: int, out: Path, confirm: int, baselines: 
                 if kind_of(f"{name}.{fig}")[0] == "ratio":
                     best[fig] = min(best[fig], value)
             results[name] = Measured(best, results[name].seconds + again[name].seconds)
-        verdicts = judge(baseline["figures"], flat(results), gate_ratios=same_machine)
+        verdicts = judge(baseline["figures"], flat(results), gate_ratios=same_machine) + failed
     ok = all(v.ok for v in verdicts)
     differs = environment_differences(baseline.get("environment") or {}, here)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +255,19 @@ def run_gate(names: list[str], rounds: int, out: Path, confirm: int, baselines: 
         header.append("Environment differs from the baseline's: " + "; ".join(differs) + ".")
     _write(out / "gate.md", "\n".join(header + ["", table(verdicts), ""]))
     return ok, verdicts, results
+
+
+def _measure_each(names: list[str], rounds: int, say: Callable[[str], None]) -> tuple[dict[str, Measured], list[Verdict]]:
+    """Every named benchmark; one that raises is a failing verdict (never a silent pass), and
+    the others still run."""
+    results, failed = {}, []
+    for name in names:
+        try:
+            results.update(measure([name], rounds, lambda n: say(f"measuring {n}")))
+        except Exception as e:  # noqa: BLE001 - reported as a regression
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            failed.append(Verdict(name, "error", None, None, None, "runs", False, f"{type(e).__name__}: {text}"))
+    return results, failed
 
 
 def update_baseline(path: Path, names: list[str], rounds: int, runs: int, say: Callable[[str], None]) -> dict:
@@ -276,8 +289,14 @@ def update_baseline(path: Path, names: list[str], rounds: int, runs: int, say: C
     return fresh
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other usage error
+        print(f"bench.regress: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="benchmarks:\n" + "\n".join(f"  {b.name}: {b.about.split(chr(10))[0]}"
                                                                           for b in BENCHMARKS.values()))

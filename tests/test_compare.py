@@ -135,3 +135,11 @@ def test_an_unwritable_out_is_one_line(runs, tmp_path, capsys):
     assert compare.main([str(runs["a"]), str(runs["b"]), "--out", str(blocker / "sub")]) == 2
     assert "cannot write the report to" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "file", ignore_errors=True)
+
+
+def test_missing_arguments_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["only-one"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench.compare: error: the following arguments are required") and err.count("\n") == 1

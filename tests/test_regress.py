@@ -245,3 +245,25 @@ def test_planted_slowdown_fails_the_gate(monkeypatch, tmp_path):
     print("\n" + gate)
     assert not ok
     assert [v.name for v in verdicts if not v.ok] == ["attention_recall.time_ratio"], gate
+
+
+def test_a_benchmark_that_fails_fails_the_gate_and_the_others_still_run(monkeypatch, tmp_path):
+    _synthetic(monkeypatch, [1.0])
+
+    def broken(rounds):
+        raise RuntimeError("the memory benchmark's process failed: ['Killed']")
+
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "broken", benchmarks.Benchmark("broken", "", broken, {}))
+    ok, verdicts, results = regress.run_gate(["broken", "toy"], 1, tmp_path, 0, _toy_baseline(), lambda s: None)
+    assert not ok and "toy" in results
+    (bad,) = [v for v in verdicts if not v.ok]
+    assert bad.name == "broken" and bad.kind == "error" and "RuntimeError: the memory benchmark's process" in bad.note
+    assert "| broken | error |" in (tmp_path / "gate.md").read_text()
+
+
+def test_unknown_flags_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        regress.main(["--rounds", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench.regress: error: argument --rounds") and err.count("\n") == 1
