@@ -22,8 +22,9 @@ from typing import Any, Callable, NamedTuple
 # A ratio's tolerance is never below this, whatever the spread measured for the baseline.
 MIN_TOLERANCE = 0.25
 # A bound's limit: the baseline's largest peak plus this fraction. VmHWM of the same process moves
-# by about +-10% run to run, more under CPU contention (0.657 GiB against a 0.621 GiB maximum once).
-BOUND_MARGIN = 0.25
+# by about +-10% run to run and runs higher inside CI's pytest (0.657 and 0.678 GiB against a 0.621 GiB
+# maximum of 10 standalone runs); a leak or a buffer that grows with n still doubles it.
+BOUND_MARGIN = 0.5
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 REFERENCE_SIZE = 2048
 
