@@ -16,9 +16,13 @@ USAGE_ERROR = 2
 FAULT = 1  # the machine failed the run (disk full, read-only), not the user
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as for every other user error
-        _fail(f"{message} (see --help)")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("PROG: error: ...") and exit code 2, as for every
+    other user error; the suite's other commands (bench.compare, bench.regress) use it too."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog.removeprefix('python -m ')}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
 
 
 def _csv(kind):
@@ -88,7 +92,7 @@ _int_list.__name__ = "list of integers"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_all.py", description=(
+    p = OneLineParser(prog="run_all.py", description=(
         "Sweep associative memories over dimension d and stored pairs n, write parquet results, "
         "figures and a report. Explicit flags override the preset."))
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,

@@ -16,7 +16,6 @@ figures, cells.parquet (the joined table) and figures/.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -252,14 +251,10 @@ def build(c: Comparison, out: Path) -> tuple[Path, Path]:
     return md, page
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, like every other usage error
-        print(f"bench.compare: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
+    from bench.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0, or 2 when the runs cannot be read or share no cells.")
     parser.add_argument("run_a", type=Path, help="the run to compare against (A)")
     parser.add_argument("run_b", type=Path, help="the run compared (B)")

@@ -289,14 +289,10 @@ def update_baseline(path: Path, names: list[str], rounds: int, runs: int, say: C
     return fresh
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, like every other usage error
-        print(f"bench.regress: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0],
+    from bench.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m bench.regress", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="benchmarks:\n" + "\n".join(f"  {b.name}: {b.about.split(chr(10))[0]}"
                                                                           for b in BENCHMARKS.values()))

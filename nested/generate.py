@@ -23,7 +23,6 @@ Symbols are strings: keys ``k<i>`` (``n_<i>`` for the DAG form's nested keys), l
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -135,7 +134,3 @@ class _Generator:
                 pool.append(child)
             node[self.fresh("n_")] = [self.fresh("q"), child]
         return node
-
-
-def with_changes(spec: TreeSpec, **changes) -> TreeSpec:
-    return dataclasses.replace(spec, **changes)
