@@ -124,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=float, help="accuracy a capacity search requires (default 0.99)")
     c.add_argument("--max-n", type=_int_list, dest="max_n", help="cap of a capacity search (default 2^16)")
     p.add_argument("--method", choices=METHODS, help="least-squares method (default auto)")
+    t = p.add_argument_group("nested dictionaries (--nested; README: 'Nested dictionaries read by attention')")
+    t.add_argument("--nested", action="store_true", default=None,
+                   help="sweep nested dictionaries read level by level against flat baselines (the 'nested' preset: "
+                        "also reads --d, --beta, --topk as the beam width, --similarity, --seeds, --queries)")
+    t.add_argument("--form", type=_csv(str), help="tree forms: cartesian,independent,collision,random,dag (default all)")
+    t.add_argument("--depth", type=_int_list, help="levels of keys, 1..8 (default 2,3,4)")
+    t.add_argument("--branching", type=_int_list, help="keys per node (default 4,8)")
+    t.add_argument("--collision", type=_csv(float),
+                   help="fractions of keys that coincide across parents (forms collision, random; default 1)")
+    t.add_argument("--mode", type=_csv(str),
+                   help="readers: soft,sparse,topk (level by level), flat_attention,flat_pinv (composite keys), stacked "
+                        "(default all)")
+    t.add_argument("--composition", type=_csv(str),
+                   help="composite keys of the flat readers: sum,concat,hadamard,circular (default all)")
     p.add_argument("--out", type=_directory, default=Path("results"), help="where run directories go (default results/)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run in RUN_DIR")
     p.add_argument("--no-report", action="store_true", help="skip figures and report")
@@ -167,10 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_cluster_flags(args)
         if args.resume is None:
-            spec = SweepSpec.from_preset(args.preset or "default", **overrides)
+            if args.nested and args.preset not in (None, "nested"):
+                raise SpecError(f"--nested is its own preset; drop --preset {args.preset}")
+            preset = "nested" if args.nested else (args.preset or "default")
+            spec = SweepSpec.from_preset(preset, **overrides)
             _check_flag_combinations(spec, overrides)
             if args.distributed and spec.capacity:
                 raise SpecError("--capacity runs in one process (each probe depends on the last); drop --distributed")
+            if args.distributed and spec.nested:
+                raise SpecError("--nested runs in one process (its cells take seconds); drop --distributed")
             store.check_writable(args.out)
         if args.distributed:  # before any JAX computation
             cluster = clusters.join(args.coordinator, args.num_processes, args.process_id, args.connect_timeout,
@@ -223,8 +242,22 @@ def _check_cluster_flags(args: argparse.Namespace) -> None:
         raise SpecError(f"{given[0]} applies to a multi-process run; add --distributed")
 
 
+# Flags of the memory grid that a nested sweep does not read, and the nested sweep's own.
+GRID_ONLY = ("kernels", "n", "noise", "patterns", "mask", "method", "capacity", "threshold", "max_n", "dv",
+             *(k for k in KNOBS if k not in ("similarity", "beta", "topk")))
+NESTED_ONLY = ("form", "depth", "branching", "collision", "mode", "composition")
+
+
 def _check_flag_combinations(spec: SweepSpec, overrides: dict[str, Any]) -> None:
     """Flags that would be silently ignored are errors."""
+    if spec.nested:
+        given = [f for f in GRID_ONLY if f in overrides]
+        if given:
+            raise SpecError(f"--{given[0].replace('_', '-')} applies to the memory grid, not to --nested; drop it")
+        return
+    given = [f for f in NESTED_ONLY if f in overrides]
+    if given:
+        raise SpecError(f"--{given[0]} applies to nested dictionaries; add --nested")
     given = [f for f in ATTENTION_FLAGS if f in overrides]
     if given and "attention" not in spec.kernels:
         raise SpecError(f"--{given[0]} applies to attention memories; add attention to --kernels")

@@ -49,7 +49,8 @@ def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Pat
     _compile_cache(compile_cache)
     from bench import sweep
 
-    sweep.check_fits(spec)
+    if not spec.nested:
+        sweep.check_fits(spec)
     if not cluster.leader:
         run_dir = Path(cluster.fetch("run_dir", "the run directory"))
         return Prepared(spec, run_dir, store.read_manifest(run_dir), None, cluster)
@@ -148,7 +149,12 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
             manifest.setdefault("estimated_s_per_process", []).append([round(x, 1) for x in load])
         save = (lambda: store.write_manifest(run_dir, manifest)) if cluster.leader else (lambda: None)
         before = manifest.get("compiled_programs", 0), manifest.get("compile_wait_s", 0.0)
-        sweep.run_sweep(spec, run_dir, manifest, save=save, progress=progress, mine=mine, finished=finished)
+        if spec.nested:
+            from bench import nested_sweep
+
+            nested_sweep.run(spec, run_dir, manifest, save=save, progress=progress)
+        else:
+            sweep.run_sweep(spec, run_dir, manifest, save=save, progress=progress, mine=mine, finished=finished)
         if cluster.processes > 1:
             cluster.publish(f"done/{cluster.process}", [manifest["compiled_programs"] - before[0],
                                                          manifest["compile_wait_s"] - before[1]])
@@ -164,7 +170,11 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
         manifest["ended"] = _now()
         store.write_manifest(run_dir, manifest)
         store.merge(run_dir, manifest, manifest["cell_order"])
-        if report:
+        if report and spec.nested:
+            from bench import nested_report, rundir
+
+            nested_report.build(rundir.read(run_dir))
+        elif report:
             from bench import plots, report as reports, rundir
 
             if hallucination:

@@ -44,15 +44,10 @@ class Block(NamedTuple):
     content: Any
 
 
-def document(run: rundir.Run) -> list[Block]:
-    """The report of a run, once: every section as blocks, from its parquet, manifest and figures."""
-    manifest, df = run.manifest, run.results
-    capacity = capacity_table(df)
-    timings = timing_table(df, manifest.get("matmul_gflops"))
+def about_facts(manifest: dict[str, Any], df: pd.DataFrame) -> list[tuple[str, str]]:
+    """The environment first: what ran, where, with which versions, and how long it took."""
     status = df["status"].value_counts().to_dict()
-    problems = df[df["status"] != "ok"][["kernel", "similarity", "separation", "topk", "d", "n", "noise", "seed",
-                                         "status", "error"]]
-    about = [
+    return [
         ("run", manifest.get("run_id")),
         ("started / ended", f"{manifest.get('started')} / {manifest.get('ended')}"),
         ("backend", f"{manifest.get('backend')} ({manifest.get('device_kind')} x {manifest.get('device_count')})"),
@@ -66,6 +61,16 @@ def document(run: rundir.Run) -> list[Block]:
             f" ({manifest['compiled_programs']} programs compiled; cells waited {manifest['compile_wait_s']:.1f} s "
             "for them)" if isinstance(manifest.get("compile_wait_s"), (int, float)) else "")),
     ]
+
+
+def document(run: rundir.Run) -> list[Block]:
+    """The report of a run, once: every section as blocks, from its parquet, manifest and figures."""
+    manifest, df = run.manifest, run.results
+    capacity = capacity_table(df)
+    timings = timing_table(df, manifest.get("matmul_gflops"))
+    problems = df[df["status"] != "ok"][["kernel", "similarity", "separation", "topk", "d", "n", "noise", "seed",
+                                         "status", "error"]]
+    about = about_facts(manifest, df)
     spec = pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v))
                          for k, v in (manifest.get("spec") or {}).items()], columns=["setting", "value"])
     blocks = [Block("title", "Associative-memory benchmark report"), Block("heading", "What ran, and on what"),

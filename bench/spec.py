@@ -24,10 +24,16 @@ GLOVE_WORDS = 100_000
 METHODS = ("auto", *_SOLVE_METHODS)
 # Knobs of each memory: the spec fields that sweep it. Other knobs are not columns of its rows.
 KNOBS_OF = {memory: m.knobs for memory, m in _MEMORIES.items()}
-# Axes of the spec that are tuples (sweep axes): the grid's own, then every memory knob.
-AXES = ("kernels", "d", "n", "noise", "patterns", *KNOBS, "mask")
+# Axes of the spec that are tuples (sweep axes): the grid's own, then every memory knob, then
+# the nested-dictionary sweep's (``nested``: bench.nested_sweep; it also reads d, similarity,
+# beta, topk as its beam width k, seeds, acc_queries, dtype).
+NESTED_AXES = ("form", "depth", "branching", "collision", "mode", "composition")
+AXES = ("kernels", "d", "n", "noise", "patterns", *KNOBS, "mask", *NESTED_AXES)
 # Scalar settings of the spec that the command line sets (with the axes).
-SCALARS = ("seeds", "dv", "dtype", "acc_queries", "method", "capacity", "threshold", "max_n")
+SCALARS = ("seeds", "dv", "dtype", "acc_queries", "method", "capacity", "threshold", "max_n", "nested")
+_FORMS = ("cartesian", "independent", "collision", "random", "dag")  # nested.generate.FORMS (checked in a test)
+_READERS = ("soft", "sparse", "topk", "flat_attention", "flat_pinv", "stacked")  # bench.nested_sweep.READERS
+_COMPOSITIONS = ("sum", "concat", "hadamard", "circular")  # nested.flat.COMPOSITIONS
 
 
 class SpecError(ValueError):
@@ -50,6 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(kernels=KERNELS, d=_powers(6, 12), n=_powers(2, 20), noise=(0.0, 0.05, 0.1, 0.3), seeds=8,
                  lam=(0.01, 1.0, 100.0), passes=(1, 4), similarity=SIMILARITIES, separation=SEPARATIONS,
                  beta=(1.0, 4.0, 16.0), topk=(1, 8, 64), degree=(2.0, 3.0, 5.0), heads=(1, 4)),
+    # Nested dictionaries read level by level against flat baselines (run_all.py --nested).
+    "nested": dict(nested=True, d=(16, 64), seeds=3, similarity=("dot",), beta=(2.0, 8.0), topk=(1, 4)),
 }
 
 
@@ -93,6 +101,13 @@ class SweepSpec:
     capacity: bool = False
     threshold: float = 0.99
     max_n: int = 2**16
+    nested: bool = False
+    form: tuple[str, ...] = _FORMS
+    depth: tuple[int, ...] = (2, 3, 4)
+    branching: tuple[int, ...] = (4, 8)
+    collision: tuple[float, ...] = (1.0,)
+    mode: tuple[str, ...] = _READERS
+    composition: tuple[str, ...] = _COMPOSITIONS
     preset: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
@@ -104,11 +119,12 @@ class SweepSpec:
             if not value:
                 raise SpecError(f"{name}: empty; give at least one value")
             object.__setattr__(self, name, value)
-        for name, allowed in (("kernels", KERNELS), ("similarity", SIMILARITIES), ("separation", SEPARATIONS)):
+        for name, allowed in (("kernels", KERNELS), ("similarity", SIMILARITIES), ("separation", SEPARATIONS),
+                              ("form", _FORMS), ("mode", _READERS), ("composition", _COMPOSITIONS)):
             for v in getattr(self, name):
                 if v not in allowed:
                     raise SpecError(f"{name}: unknown {name.rstrip('s')} {v!r}; choose from {', '.join(allowed)}")
-        for name in ("d", "n", *_knobs_of_kind(int)):
+        for name in ("d", "n", *_knobs_of_kind(int), "depth", "branching"):
             for v in getattr(self, name):
                 if not _positive_int(v):
                     raise SpecError(f"{name}: {v!r} is not a positive integer; give whole numbers >= 1")
@@ -141,6 +157,17 @@ class SweepSpec:
         for v in self.degree:
             if not _finite(v) or v <= 0:
                 raise SpecError(f"degree: {v!r} is not allowed; the polynomial degree must be finite and > 0")
+        for v in self.depth:
+            if v > 8:
+                raise SpecError(f"depth: {v} is more levels than a nested sweep reads (8); use --depth 1..8")
+        for v in self.branching:
+            if v > 4096:
+                raise SpecError(f"branching: {v} keys per node is more than 4096; use a smaller --branching")
+        for v in self.collision:
+            if not _finite(v) or not 0 <= v <= 1:
+                raise SpecError(f"collision: {v!r} is not allowed; give fractions of coinciding keys in [0, 1]")
+        if not isinstance(self.nested, bool):
+            raise SpecError(f"nested: {self.nested!r} is not true or false")
         for v in self.mask:
             if not _finite(v) or not 0 <= v < 1:
                 raise SpecError(f"mask: {v!r} is not allowed; give the fraction of query coordinates zeroed, "
@@ -176,11 +203,15 @@ class SweepSpec:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise SpecError(f"{name}: {list(values)} repeats a value; list each value once")
-        for name in ("d", "n", *_knobs_of_kind(int)):
+        for name in ("d", "n", *_knobs_of_kind(int), "depth", "branching"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        for name in ("noise", *_knobs_of_kind(float), "mask"):
+        for name in ("noise", *_knobs_of_kind(float), "mask", "collision"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "threshold", float(self.threshold))
+        if self.nested:
+            from bench import nested_sweep
+
+            nested_sweep.check(self)
         rows = self.row_count()
         if rows > MAX_ROWS:
             raise SpecError(f"seeds: {self.seeds} seeds x {rows // self.seeds} cells = {rows} rows, more than "
@@ -189,6 +220,10 @@ class SweepSpec:
     def row_count(self) -> int:
         """Rows the run will have (one per cell x seed; a capacity search counts one probe per
         setting), without expanding the grid."""
+        if self.nested:
+            from bench import nested_sweep
+
+            return len(nested_sweep.cells(self)) * self.seeds
         per_grid_point = len(self.patterns) * len(self.d) * len(self.noise) * len(self.mask)
         settings = 0
         for kernel in self.kernels:

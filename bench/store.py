@@ -71,7 +71,21 @@ SCHEMA = pa.schema([
     ("gflops", pa.float64()),
     ("status", pa.string()),
     ("error", pa.string()),
+    # Nested-dictionary cells (kernel "nested", bench.nested_sweep); null in every other row.
+    ("form", pa.string()),
+    ("depth", pa.int64()),
+    ("branching", pa.int64()),
+    ("collision", pa.float64()),
+    ("mode", pa.string()),
+    ("composition", pa.string()),
+    ("path_mass", pa.float64()),
+    ("path_mass_theory", pa.float64()),
+    ("theory_acc", pa.float64()),
+    ("read_s", pa.float64()),
 ])
+# The columns of runs written before nested cells existed: their parts are read with the new
+# columns null (resume, merge and bench.compare accept them).
+_BEFORE_NESTED = pa.schema(list(SCHEMA)[:SCHEMA.get_field_index("form")])
 # The capacity table of a --capacity run: one row per (memory setting, patterns, d, noise, mask).
 SETTING_FIELDS = ("kernel", *KNOBS, "patterns", "dtype", "noise", "mask")
 CAPACITY_SCHEMA = pa.schema(
@@ -276,7 +290,8 @@ def set_aside_damaged_parts(run_dir: Path) -> list[Path]:
     for path in sorted((run_dir / PARTS).glob("*.parquet")):
         try:
             meta = pq.ParquetFile(path)
-            good = meta.metadata.num_rows > 0 and meta.schema_arrow.equals(SCHEMA, check_metadata=False)
+            good = meta.metadata.num_rows > 0 and any(meta.schema_arrow.equals(known, check_metadata=False)
+                                                      for known in (SCHEMA, _BEFORE_NESTED))
         except (pa.ArrowException, OSError, ValueError):
             good = False
         if not good:

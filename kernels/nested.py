@@ -93,15 +93,17 @@ def _log_local(s, mask, beta):
     return z - top - jnp.log(jnp.maximum(jnp.sum(jnp.exp(z - top), -1, keepdims=True), jnp.finfo(s.dtype).tiny))
 
 
-def _dense_block(levels, q, m, *, mode, similarity, beta):
-    """soft / sparse for a block of queries q (qb, L, d), lengths m (qb,): every node of every
-    level; scores of a level are one (qb, N B) product; weights go down by a gather over each
-    node's parents (a node reached by several paths, in a DAG, sums their weights)."""
+def _dense_block(levels, q, m, t, *, mode, similarity, beta):
+    """soft / sparse for a block of queries q (qb, L, d), lengths m (qb,), target slots t (qb,):
+    every node of every level; scores of a level are one (qb, N B) product; weights go down by
+    a gather over each node's parents (a node reached by several paths, in a DAG, sums their
+    weights)."""
     sim = SIMILARITY_REGISTRY[similarity]
     qb, dv = q.shape[0], levels[0].values.shape[-1]
     w = jnp.ones((qb, levels[0].keys.shape[0]), q.dtype)
     out = jnp.zeros((qb, dv), q.dtype)
     mass = jnp.zeros((qb,), q.dtype)
+    true_w = jnp.zeros((qb,), q.dtype)
     for l, lev in enumerate(levels):
         n, b, d = lev.keys.shape
         s = sim.scores(sim.prepare(q[None, :, l]), sim.prepare(lev.keys.reshape(1, n * b, d)))[0].reshape(qb, n, b)
@@ -113,6 +115,7 @@ def _dense_block(levels, q, m, *, mode, similarity, beta):
                             lambda: jnp.zeros((qb, dv), q.dtype))
         out = jnp.where(here[:, None], read, out)
         mass = jnp.where(here, jnp.sum(jnp.where(lev.mask[None], cw, 0.0), axis=(1, 2)), mass)
+        true_w = jnp.where(here, jnp.take_along_axis(flat, jnp.clip(t, 0, n * b - 1)[:, None], 1)[:, 0], true_w)
         if l + 1 < len(levels):
             nxt = levels[l + 1]
             n_next = nxt.keys.shape[0]
@@ -122,15 +125,16 @@ def _dense_block(levels, q, m, *, mode, similarity, beta):
             else:
                 target = jnp.where(lev.child >= 0, lev.child, n_next).reshape(-1)  # no child: a sink, dropped
                 w = jnp.zeros((qb, n_next + 1), q.dtype).at[:, target].add(flat)[:, :n_next]
-    return out, mass
+    return out, mass, true_w
 
 
-def _beam_read(levels, q, m, *, k, similarity, beta):
+def _beam_read(levels, q, m, t, *, k, similarity, beta):
     """topk: a beam of the k best nodes per level, by path log-weight."""
     idx = jnp.zeros((k,), jnp.int32)
     logw = jnp.full((k,), -jnp.inf, q.dtype).at[0].set(0.0)
     out = jnp.zeros((levels[0].values.shape[-1],), q.dtype)
     mass = jnp.zeros((), q.dtype)
+    target = jnp.zeros((), q.dtype)
     for l, lev in enumerate(levels):
         b = lev.keys.shape[1]
         keys, mask, child = lev.keys[idx], lev.mask[idx] & jnp.isfinite(logw)[:, None], lev.child[idx]
@@ -144,28 +148,36 @@ def _beam_read(levels, q, m, *, k, similarity, beta):
         here = l == m - 1
         out = jnp.where(here, jnp.einsum("k,kv->v", w / jnp.maximum(w.sum(), jnp.finfo(q.dtype).tiny), picked), out)
         mass = jnp.where(here, jnp.sum(jnp.where(ok, jnp.exp(top), 0.0)), mass)
+        hit = ok & (idx[pos // b] * b + pos % b == t)  # beam entries (paths) that end in the target slot
+        target = jnp.where(here, jnp.sum(jnp.where(hit, jnp.exp(top), 0.0)), target)
         if l + 1 < len(levels):
             inner = jnp.where(child.reshape(-1) >= 0, cand, -jnp.inf)
             top2, pos2 = jax.lax.top_k(inner, width)
             nxt = child.reshape(-1)[pos2]
             idx = jnp.zeros((k,), jnp.int32).at[:width].set(jnp.maximum(nxt, 0))
             logw = jnp.full((k,), -jnp.inf, q.dtype).at[:width].set(jnp.where(nxt >= 0, top2, -jnp.inf))
-    return out, mass
+    return out, mass, target
 
 
 class Read(NamedTuple):
     """values: (Q, dv) blended values; mass: (Q,) total path weight at the read-out level
-    before any renormalisation (1 for soft/sparse when every path reaches it)."""
+    before any renormalisation (1 for soft/sparse when every path reaches it); target: (Q,) the
+    path weight on each query's target slot (``targets``; 0 without), before renormalisation:
+    the weight on the true path (in a DAG, on every path to that slot; top-k: 0 when the beam
+    lost it)."""
 
     values: jax.Array
     mass: jax.Array
+    target: jax.Array
 
 
 @partial(jax.jit, static_argnames=("mode", "similarity", "k", "query_block"))
 def read(levels: tuple[Level, ...], paths, lengths, *, mode: str = "soft", similarity: str = "dot", beta=1.0,
-         k: int = 1, query_block: int = 256) -> Read:
+         k: int = 1, query_block: int = 256, targets=None) -> Read:
     """Read a batch of query paths: paths (Q, L, d) (L = the tree's depth; rows past a path's
-    length are ignored), lengths (Q,) int in 1..L. See the module docstring for the modes."""
+    length are ignored), lengths (Q,) int in 1..L. targets: optional (Q,) int, each query's
+    true slot at its read-out level as node * B + slot (nested.build.target_slots), for
+    Read.target. See the module docstring for the modes."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if similarity not in SIMILARITY_REGISTRY:
@@ -178,13 +190,27 @@ def read(levels: tuple[Level, ...], paths, lengths, *, mode: str = "soft", simil
     paths = paths.astype(dtype)
     beta = jnp.asarray(beta, dtype)
     if mode == "topk":
-        one = jax.vmap(lambda q, m: _beam_read(levels, q, m, k=k, similarity=similarity, beta=beta))
+        one = jax.vmap(lambda q, m, t: _beam_read(levels, q, m, t, k=k, similarity=similarity, beta=beta))
     else:
-        one = lambda q, m: _dense_block(levels, q, m, mode=mode, similarity=similarity, beta=beta)  # noqa: E731
+        one = lambda q, m, t: _dense_block(levels, q, m, t, mode=mode, similarity=similarity, beta=beta)  # noqa: E731
     nq = paths.shape[0]
     qb = max(1, min(query_block, nq))
     rows = -(-nq // qb) * qb
     padded = jnp.pad(paths, ((0, rows - nq), (0, 0), (0, 0))).reshape(-1, qb, *paths.shape[1:])
     lens = jnp.pad(jnp.asarray(lengths, jnp.int32), (0, rows - nq), constant_values=1).reshape(-1, qb)
-    values, mass = jax.lax.map(lambda args: one(*args), (padded, lens))
-    return Read(values.reshape(rows, -1)[:nq], mass.reshape(rows)[:nq])
+    slots = jnp.zeros((nq,), jnp.int32) if targets is None else jnp.asarray(targets, jnp.int32)
+    slots = jnp.pad(slots, (0, rows - nq), constant_values=-1).reshape(-1, qb)
+    values, mass, target = jax.lax.map(lambda args: one(*args), (padded, lens, slots))
+    target = target.reshape(rows)[:nq]
+    return Read(values.reshape(rows, -1)[:nq], mass.reshape(rows)[:nq],
+                jnp.zeros_like(target) if targets is None else target)
+
+
+def flat_read(keys, values, valid, queries, *, similarity: str = "dot", beta=1.0):
+    """One flat attention memory with padding, for the flat baselines: softmax (inverse
+    temperature beta, overflow-safe as every read here) over the valid stored keys (S, D) of
+    each query (Q, D), blending values (S, dv) -> (Q, dv). Scores materialised: the baselines
+    hold thousands of keys, not millions (kernels.attention.recall streams big memories)."""
+    sim = SIMILARITY_REGISTRY[similarity]
+    s = sim.scores(sim.prepare(queries[None]), sim.prepare(keys[None]))[0]  # (Q, S)
+    return _local_weights("soft", s, valid[None, :], jnp.asarray(beta, s.dtype)) @ values

@@ -166,3 +166,58 @@ def query_paths(tree: Tree, key_vectors: np.ndarray, which=None) -> tuple[np.nda
         lengths[i] = len(keys)
         targets[i] = value
     return out, lengths, targets
+
+
+def target_slots(tree: Tree, which=None) -> np.ndarray:
+    """(Q,) int32: the slot each path of tree.paths (or of ``which``) ends in, at the level of
+    its last key, as node * B + slot (B: that level's width): what ``kernels.nested.read``'s
+    ``targets`` names."""
+    chosen = tree.paths if which is None else [tree.paths[i] for i in which]
+    out = np.zeros(len(chosen), np.int32)
+    for i, (keys, _) in enumerate(chosen):
+        node = 0
+        for level, key in enumerate(keys):
+            lev = tree.levels[level]
+            slot = int(np.flatnonzero(lev.keys[node] == key)[0])
+            out[i] = node * lev.keys.shape[1] + slot
+            node = int(lev.child[node, slot])
+    return out
+
+
+def padded_levels(tree: Tree, key_vectors: np.ndarray, value_vectors: np.ndarray, nodes: tuple[int, ...],
+                  width: int, gather: bool = True) -> tuple:
+    """The levels of ``tree`` as NumPy ``kernels.nested.Level`` fields padded to ``nodes[l]``
+    nodes of ``width`` slots each (padding slots are masked out), so trees of one shape class
+    (e.g. every seed of a sweep cell) share one compiled read. Target slots (target_slots)
+    must be renumbered with ``width``: see ``repad_slots``. gather: build the parents table
+    (one parent per node in a tree; a DAG's largest count varies, so it reads by scatter)."""
+    from kernels.nested import Level
+
+    out = []
+    for l, lev in enumerate(tree.levels):
+        n, b = lev.keys.shape
+        if n > nodes[l] or b > width:
+            raise ValueError(f"level {l} has {n} nodes of {b} slots, more than the {nodes[l]} x {width} to pad to")
+        keys = np.full((nodes[l], width), -1, np.int32)
+        values = np.full((nodes[l], width), -1, np.int32)
+        child = np.full((nodes[l], width), -1, np.int32)
+        keys[:n, :b], values[:n, :b], child[:n, :b] = lev.keys, lev.values, lev.child
+        kv = np.where((keys >= 0)[..., None], key_vectors[np.maximum(keys, 0)], 0.0).astype(key_vectors.dtype)
+        vv = np.where((values >= 0)[..., None], value_vectors[np.maximum(values, 0)], 0.0).astype(value_vectors.dtype)
+        parents = None
+        if gather and l > 0:
+            above = out[-1].child
+            flat = above.reshape(-1)
+            parents = np.full((nodes[l], 1), -1, np.int32)
+            has = np.flatnonzero(flat >= 0)
+            if len(np.unique(flat[has])) != len(has):
+                raise ValueError("a node with several parents (a DAG): pad with gather=False")
+            parents[flat[has], 0] = has
+        out.append(Level(kv, keys >= 0, child, vv, parents))
+    return tuple(out)
+
+
+def repad_slots(tree: Tree, slots: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Target slots (target_slots) renumbered for levels padded to ``width`` slots per node."""
+    widths = np.array([lev.keys.shape[1] for lev in tree.levels])[np.asarray(lengths) - 1]
+    return (slots // widths * width + slots % widths).astype(np.int32)
