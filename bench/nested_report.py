@@ -158,7 +158,10 @@ def _capacity_figure(cap: pd.DataFrame) -> Figure:
         capped = g[g["held_at_largest"]]
         ax.plot(capped["d"], capped["capacity"], marker="^", markerfacecolor="none", linestyle="none", color=colour)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
+    if (cap["capacity"] > 0).any():
+        ax.set_yscale("log", base=2)
+    else:
+        ax.text(0.5, 0.5, f"no tree read at accuracy >= {CAPACITY_ACC}", transform=ax.transAxes, ha="center")
     ax.set_xlabel("d")
     ax.set_ylabel(f"largest tree read at accuracy >= {CAPACITY_ACC} (stored paths)")
     ax.grid(True, alpha=0.3)
