@@ -93,11 +93,57 @@ def _log_local(s, mask, beta):
     return z - top - jnp.log(jnp.maximum(jnp.sum(jnp.exp(z - top), -1, keepdims=True), jnp.finfo(s.dtype).tiny))
 
 
+# Slots per tile of a level in the dense modes: the scores, weights and read-out of one tile of
+# nodes for one block of queries stay in cache (256 queries x 4096 slots x 4 bytes = 4 MiB)
+# instead of streaming (queries x every slot) arrays through memory several times.
+TILE_SLOTS = 4096
+
+
+def _tile_nodes(n: int, b: int) -> int:
+    """The largest divisor of n with at most max(TILE_SLOTS, b) slots: whole nodes per tile."""
+    limit = max(TILE_SLOTS // max(b, 1), 1)
+    return max(t for t in range(1, min(n, limit) + 1) if n % t == 0)
+
+
+def _dense_level(lev, q, w, here, t, *, mode, sim, beta, keep):
+    """One level of a dense read, a tile of nodes at a time: for each query of the block q
+    (qb, d), its parents' weights w (qb, N), whether it reads out here (qb,) and its target
+    slot t (qb,). Returns the read-out (qb, dv), the mass and the target's weight here, and
+    (keep) the children's path weights (qb, N B) for the next level."""
+    n, b, d = lev.keys.shape
+    qb, dv = q.shape[0], lev.values.shape[-1]
+    tn = _tile_nodes(n, b)
+    tiles = n // tn
+    prepared = sim.prepare(q[None])
+    reads = jnp.any(here)
+
+    def tile(carry, x):
+        out, mass, true_w = carry
+        keys, mask, values, wp, first = x
+        s = sim.scores(prepared, sim.prepare(keys.reshape(1, tn * b, d)))[0].reshape(qb, tn, b)
+        cw = (wp[:, :, None] * _local_weights(mode, s, mask[None], beta)).reshape(qb, tn * b)
+        # The read-out product only where some query of the block ends at this level.
+        out = out + jax.lax.cond(reads, lambda: cw @ values.reshape(tn * b, dv), lambda: jnp.zeros((qb, dv), q.dtype))
+        mass = mass + jnp.sum(jnp.where(mask.reshape(1, -1), cw, 0.0), axis=1)
+        inside = (t >= first) & (t < first + tn * b)
+        true_w = true_w + jnp.where(inside, jnp.take_along_axis(cw, jnp.clip(t - first, 0, tn * b - 1)[:, None], 1)[:, 0],
+                                    0.0)
+        return (out, mass, true_w), (cw if keep else None)
+
+    zeros = jnp.zeros((qb,), q.dtype)
+    xs = (lev.keys.reshape(tiles, tn, b, d), lev.mask.reshape(tiles, tn, b), lev.values.reshape(tiles, tn, b, dv),
+          w.reshape(qb, tiles, tn).transpose(1, 0, 2), jnp.arange(tiles, dtype=jnp.int32) * (tn * b))
+    (out, mass, true_w), weights = jax.lax.scan(tile, (jnp.zeros((qb, dv), q.dtype), zeros, zeros), xs)
+    if keep:
+        weights = weights.transpose(1, 0, 2).reshape(qb, n * b)
+    return out, mass, true_w, weights
+
+
 def _dense_block(levels, q, m, t, *, mode, similarity, beta):
     """soft / sparse for a block of queries q (qb, L, d), lengths m (qb,), target slots t (qb,):
-    every node of every level; scores of a level are one (qb, N B) product; weights go down by
-    a gather over each node's parents (a node reached by several paths, in a DAG, sums their
-    weights)."""
+    every node of every level, a tile of nodes at a time (_dense_level); weights go down by a
+    gather over each node's parents (a node reached by several paths, in a DAG, sums their
+    weights), or a scatter where no parents table is given."""
     sim = SIMILARITY_REGISTRY[similarity]
     qb, dv = q.shape[0], levels[0].values.shape[-1]
     w = jnp.ones((qb, levels[0].keys.shape[0]), q.dtype)
@@ -105,26 +151,23 @@ def _dense_block(levels, q, m, t, *, mode, similarity, beta):
     mass = jnp.zeros((qb,), q.dtype)
     true_w = jnp.zeros((qb,), q.dtype)
     for l, lev in enumerate(levels):
-        n, b, d = lev.keys.shape
-        s = sim.scores(sim.prepare(q[None, :, l]), sim.prepare(lev.keys.reshape(1, n * b, d)))[0].reshape(qb, n, b)
-        cw = w[:, :, None] * _local_weights(mode, s, lev.mask[None], beta)  # (qb, n, b)
-        flat = cw.reshape(qb, n * b)
+        n, b, _ = lev.keys.shape
         here = m == l + 1
-        # The read-out product only where some query of the block ends at this level.
-        read = jax.lax.cond(jnp.any(here), lambda: flat @ lev.values.reshape(n * b, dv),
-                            lambda: jnp.zeros((qb, dv), q.dtype))
+        last = l + 1 == len(levels)
+        read, level_mass, level_true, flat = _dense_level(lev, q[:, l], w, here, t, mode=mode, sim=sim, beta=beta,
+                                                          keep=not last)
         out = jnp.where(here[:, None], read, out)
-        mass = jnp.where(here, jnp.sum(jnp.where(lev.mask[None], cw, 0.0), axis=(1, 2)), mass)
-        true_w = jnp.where(here, jnp.take_along_axis(flat, jnp.clip(t, 0, n * b - 1)[:, None], 1)[:, 0], true_w)
-        if l + 1 < len(levels):
+        mass = jnp.where(here, level_mass, mass)
+        true_w = jnp.where(here, level_true, true_w)
+        if not last:
             nxt = levels[l + 1]
             n_next = nxt.keys.shape[0]
             padded = jnp.concatenate([flat, jnp.zeros((qb, 1), q.dtype)], axis=1)  # slot n b: nothing
             if nxt.parents is not None:
                 w = padded[:, jnp.where(nxt.parents >= 0, nxt.parents, n * b)].sum(-1)
             else:
-                target = jnp.where(lev.child >= 0, lev.child, n_next).reshape(-1)  # no child: a sink, dropped
-                w = jnp.zeros((qb, n_next + 1), q.dtype).at[:, target].add(flat)[:, :n_next]
+                sink = jnp.where(lev.child >= 0, lev.child, n_next).reshape(-1)  # no child: a sink, dropped
+                w = jnp.zeros((qb, n_next + 1), q.dtype).at[:, sink].add(flat)[:, :n_next]
     return out, mass, true_w
 
 
