@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             run = rundir.read(path)
             if run.results is None or run.results.empty:
                 raise CompareError(f"{path} has no results yet; finish it with `python run_all.py --resume {path}`")
+            if (run.manifest.get("spec") or {}).get("nested"):
+                raise CompareError(f"{path} is a nested-dictionary run; bench.compare joins memory-grid runs cell by "
+                                   "cell (read the two nested reports side by side)")
             runs.append(run)
         comparison = compare(*runs, metric_tol=args.metric_tol, speed_tol=args.speed_tol, min_time=args.min_time)
     except (CompareError, store.StoreError) as e:

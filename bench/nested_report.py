@@ -363,8 +363,10 @@ def document(run: rundir.Run, s: pd.DataFrame, curves: pd.DataFrame) -> list[Blo
                    Block("paragraph", "Soft: mean-field weight on the true path p^m, p = 1 / (1 + (b - 1) exp(beta^2 / "
                                       "2d - beta)). Top-1: s^m, s = E[Phi(sqrt(x))^(b - 1)], x ~ chi2(d) "
                                       "(nested.theory). Both for dot-product scores of exact queries; the mean field "
-                                      f"holds where the siblings' sum concentrates. Median |relative error|: "
-                                      f"{t['relative_error'].abs().median():.3f}."),
+                                      "holds where the siblings' sum concentrates (large b, beta small against "
+                                      "sqrt(d)). |relative error|, median / largest: " + "; ".join(
+                                          f"{q} {g.abs().median():.3f} / {g.abs().max():.3f}"
+                                          for q, g in t.groupby("quantity")["relative_error"]) + "."),
                    Block("table", as_text(t.groupby(["quantity", "depth", "branching", "d", "beta"], dropna=False)[
                        ["measured", "theory", "relative_error"]].mean().reset_index()))]
     blocks += [Block("heading", "Learning through the read"),

@@ -219,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        paths = draw_all(rundir.read(args.run_dir))
+        run = rundir.read(args.run_dir)
+        if (run.manifest.get("spec") or {}).get("nested"):
+            from bench import nested_report
+
+            s = nested_report.summarize(run.results)
+            paths = nested_report.draw_all(run, s, nested_report.measure_learning(run.path))
+        else:
+            paths = draw_all(run)
     except store.StoreError as e:
         print(f"bench.plots: error: {e}", file=sys.stderr)
         return 2

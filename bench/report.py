@@ -184,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        html_path, md_path = build(rundir.read(args.run_dir))
+        run = rundir.read(args.run_dir)
+        if (run.manifest.get("spec") or {}).get("nested"):
+            from bench import nested_report
+
+            html_path, md_path = nested_report.build(run)
+        else:
+            html_path, md_path = build(run)
     except store.StoreError as e:
         print(f"bench.report: error: {e}", file=sys.stderr)
         return 2

@@ -276,3 +276,22 @@ def test_run_all_nested_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr
     assert pq.read_table(run_dir / store.RESULTS).to_pandas().drop(columns=["run_id"]).equals(
         pq.read_table(pa.BufferReader(before)).to_pandas().drop(columns=["run_id"]))
+
+
+@pytest.mark.xdist_group("nested_run")
+def test_a_nested_report_rebuilds_to_the_same_bytes_and_compare_refuses_it(nested_run, tmp_path, capsys):
+    from bench import compare, plots, report
+
+    copy = tmp_path / nested_run.name
+    subprocess.run(["cp", "-r", str(nested_run), str(copy)], check=True)
+    for name in ("report.md", "report.html"):
+        (copy / name).unlink()
+    for figure in (copy / "figures").iterdir():
+        figure.unlink()
+    assert plots.main([str(copy)]) == 0 and report.main([str(copy)]) == 0
+    for name in ("report.md", *(f"figures/{p.name}" for p in (nested_run / "figures").iterdir())):
+        assert (copy / name).read_bytes() == (nested_run / name).read_bytes(), name
+    capsys.readouterr()
+    assert compare.main([str(nested_run), str(copy), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a nested-dictionary run" in err and len(err.splitlines()) == 1
