@@ -221,6 +221,60 @@ def fuzzy_batch(rounds: int) -> Measured:
                      "top5_score": float(np.mean([a[-1].score for a in answers]))}, seconds)
 
 
+NESTED_DEPTH, NESTED_B, NESTED_D, NESTED_Q = 3, 32, 64, 1024
+
+
+@lru_cache(maxsize=1)
+def _nested_tree():
+    """A full tree (depth 3, branching 32: 32k leaves, fresh Gaussian keys per slot, values at
+    the last level) as kernels.nested levels, and 1024 exact query paths to random leaves."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from kernels import nested as kn
+
+    jax_configured()
+    rng = np.random.default_rng(0)
+    L, B, d = NESTED_DEPTH, NESTED_B, NESTED_D
+    levels = []
+    for l in range(L):
+        n = B**l
+        keys = (rng.standard_normal((n, B, d)) / np.sqrt(d)).astype(np.float32)
+        child = (np.arange(n * B).reshape(n, B) if l + 1 < L else -np.ones((n, B))).astype(np.int32)
+        values = ((rng.standard_normal((n, B, d)) / np.sqrt(d)) if l + 1 == L else np.zeros((n, B, d))).astype(np.float32)
+        levels.append(kn.Level(jnp.asarray(keys), jnp.ones((n, B), bool), jnp.asarray(child), jnp.asarray(values),
+                               None if l == 0 else jnp.arange(n, dtype=jnp.int32)[:, None]))
+    leaves = rng.integers(0, B**L, NESTED_Q)
+    node = np.zeros(NESTED_Q, np.int64)
+    paths = np.zeros((NESTED_Q, L, d), np.float32)
+    for l in range(L):
+        digit = (leaves // B ** (L - 1 - l)) % B
+        paths[:, l] = np.asarray(levels[l].keys)[node, digit]
+        node = node * B + digit
+    target = np.asarray(levels[-1].values).reshape(-1, d)[leaves]
+    return tuple(levels), jnp.asarray(paths), jnp.full((NESTED_Q,), L, jnp.int32), target
+
+
+def nested_read(rounds: int) -> Measured:
+    """1024 exact path reads over a full tree of depth 3, branching 32 (32k leaves), d = 64,
+    beta 8: soft mode (tiled over nodes) and a top-4 beam; the mean cosine of each read."""
+    import numpy as np
+
+    from kernels import nested as kn
+
+    jax = jax_configured()
+    levels, paths, lengths, target = _nested_tree()
+    figures, seconds = {}, []
+    for name, mode, k in (("soft", "soft", 1), ("topk", "topk", 4)):
+        read = lambda: jax.block_until_ready(kn.read(levels, paths, lengths, mode=mode, beta=8.0, k=k))  # noqa: E731
+        out = np.asarray(read().values, np.float64)
+        ratio, took = interleaved(read, rounds, reps=3)
+        cos = np.sum(out * target, 1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(target, axis=1))
+        figures[f"{name}_time_ratio"], figures[f"{name}_cos"] = ratio, float(cos.mean())
+        seconds += took
+    return Measured(figures, seconds)
+
+
 MEMORY_D, MEMORY_N = 256, 2**17
 
 
@@ -252,6 +306,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                "cos_mean": ("accuracy", 1e-4)}),
     Benchmark("sweep_programs", sweep_programs.__doc__, sweep_programs,
               {"backend_compiles": ("count", 0.0), "families": ("count", 0.0), "rows": ("count", 0.0)}),
+    Benchmark("nested_read", nested_read.__doc__, nested_read,
+              {"soft_time_ratio": ("ratio", MIN_TOLERANCE), "topk_time_ratio": ("ratio", MIN_TOLERANCE),
+               "soft_cos": ("accuracy", 1e-4), "topk_cos": ("accuracy", 1e-4)}),
 )}
 
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -121,15 +122,13 @@ def test_greedy_selection_follows_its_theory():
     hit = np.mean(((sib * k[:, None]).sum(-1) < (k * k).sum(-1)[:, None]).all(1))
     assert theory.greedy_level_hit(4, 8) == pytest.approx(hit, abs=0.003)
     right, want = [], []
+    family = ns.family_of(_cell("independent", "topk", depth=3, branching=4, d=8, k=1))
+    program = jax.jit(ns.read_program(family))  # every tree padded to one shape: one compilation
     for seed in range(40):
-        tree = build.compile_tree(generate.generate(generate.TreeSpec("independent", depth=3, branching=4, seed=seed)))
-        K = build.gaussian_codebook(tree.key_symbols, 8, 2 * seed)
-        V = build.gaussian_codebook(tree.value_symbols, 8, 2 * seed + 1)
-        paths, lengths, targets = build.query_paths(tree, K)
-        out = np.asarray(kn.read(build.device_levels(tree, K, V), jnp.asarray(paths), jnp.asarray(lengths),
-                                 mode="topk", k=1).values)
-        right += list(np.all(out == V[targets], axis=1))
-        want += [theory.greedy_path_hit(int(m), 4, 8) for m in lengths]
+        data = ns.seed_data("independent", 3, 4, 0.0, 8, family.queries, seed)
+        out, _ = program(ns.inputs(family, data, seed, np.float32), jnp.float32(4.0))
+        right += list(np.all(np.asarray(out)[:len(data.targets)] == data.values[data.targets], axis=1))
+        want += [theory.greedy_path_hit(int(m), 4, 8) for m in data.lengths]
     assert np.mean(right) == pytest.approx(np.mean(want), abs=0.03)
     assert theory.greedy_level_hit(1, 8) == 1.0 and theory.greedy_level_hit(8, 64) > 0.999999
 
