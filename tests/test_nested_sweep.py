@@ -294,3 +294,26 @@ def test_a_nested_report_rebuilds_to_the_same_bytes_and_compare_refuses_it(neste
     assert compare.main([str(nested_run), str(copy), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a nested-dictionary run" in err and len(err.splitlines()) == 1
+
+
+def test_the_nested_profile_runs_and_names_its_three_timings():
+    from bench import profile_nested
+
+    lines = profile_nested.profile(queries=8, tile_slots=64, d=8, rounds=1, branching=4, tiles=4)
+    assert len(lines) == 4 and "products alone" in lines[1] and "whole tile body" in lines[2]
+    assert "kernels.nested._dense_level" in lines[3] and all("x the floor" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize("mode,k", [("soft", 1), ("sparse", 1), ("topk", 3)])
+def test_query_blocks_that_do_not_divide_the_batch_change_no_read(mode, k):
+    tree = build.compile_tree(generate.generate(generate.TreeSpec("dag", depth=3, branching=4, seed=5)))
+    K = build.gaussian_codebook(tree.key_symbols, 8, 0)
+    V = build.gaussian_codebook(tree.value_symbols, 8, 1)
+    paths, lengths, _ = build.query_paths(tree, K)
+    levels, slots = build.device_levels(tree, K, V), jnp.asarray(build.target_slots(tree))
+    whole = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, k=k, beta=3.0, targets=slots)
+    blocked = kn.read(levels, jnp.asarray(paths), jnp.asarray(lengths), mode=mode, k=k, beta=3.0, targets=slots,
+                      query_block=7)
+    assert len(paths) % 7
+    for a, b in zip(whole, blocked):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
