@@ -224,18 +224,19 @@ def fuzzy_batch(rounds: int) -> Measured:
 NESTED_DEPTH, NESTED_B, NESTED_D, NESTED_Q = 3, 32, 64, 1024
 
 
-@lru_cache(maxsize=1)
-def _nested_tree():
-    """A full tree (depth 3, branching 32: 32k leaves, fresh Gaussian keys per slot, values at
-    the last level) as kernels.nested levels, and 1024 exact query paths to random leaves."""
+def full_tree(depth: int, branching: int, d: int, queries: int, seed: int = 0):
+    """A full tree as kernels.nested levels (fresh Gaussian keys per slot, values at the last
+    level, a one-parent gather table) and exact query paths to random leaves: (levels, paths
+    (Q, depth, d), lengths (Q,), the leaves' values (Q, d) as NumPy). Built from arrays, not a
+    Python dict: the million-leaf perf test uses it too."""
     import jax.numpy as jnp
     import numpy as np
 
     from kernels import nested as kn
 
     jax_configured()
-    rng = np.random.default_rng(0)
-    L, B, d = NESTED_DEPTH, NESTED_B, NESTED_D
+    rng = np.random.default_rng(seed)
+    L, B = depth, branching
     levels = []
     for l in range(L):
         n = B**l
@@ -244,15 +245,20 @@ def _nested_tree():
         values = ((rng.standard_normal((n, B, d)) / np.sqrt(d)) if l + 1 == L else np.zeros((n, B, d))).astype(np.float32)
         levels.append(kn.Level(jnp.asarray(keys), jnp.ones((n, B), bool), jnp.asarray(child), jnp.asarray(values),
                                None if l == 0 else jnp.arange(n, dtype=jnp.int32)[:, None]))
-    leaves = rng.integers(0, B**L, NESTED_Q)
-    node = np.zeros(NESTED_Q, np.int64)
-    paths = np.zeros((NESTED_Q, L, d), np.float32)
+    leaves = rng.integers(0, B**L, queries)
+    node = np.zeros(queries, np.int64)
+    paths = np.zeros((queries, L, d), np.float32)
     for l in range(L):
         digit = (leaves // B ** (L - 1 - l)) % B
         paths[:, l] = np.asarray(levels[l].keys)[node, digit]
         node = node * B + digit
     target = np.asarray(levels[-1].values).reshape(-1, d)[leaves]
-    return tuple(levels), jnp.asarray(paths), jnp.full((NESTED_Q,), L, jnp.int32), target
+    return tuple(levels), jnp.asarray(paths), jnp.full((queries,), L, jnp.int32), target
+
+
+@lru_cache(maxsize=1)
+def _nested_tree():
+    return full_tree(NESTED_DEPTH, NESTED_B, NESTED_D, NESTED_Q)
 
 
 def nested_read(rounds: int) -> Measured:

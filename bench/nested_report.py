@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -94,30 +95,38 @@ def _axis_figure(s: pd.DataFrame, x: str, panel: str, title: str) -> Figure:
     return fig
 
 
-def _collision_figure(s: pd.DataFrame, title: str) -> Figure:
+def _one_axis_figure(readers) -> tuple[Figure, Any, dict]:
+    """A figure with one axis and a colour per reader."""
     fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    readers = sorted(set(s["reader"]))
-    colours = dict(zip(readers, _colours(len(readers))))
-    for (reader, form), g in s.groupby(["reader", "form"], sort=True):
-        g = g.groupby("depth")["acc"].mean()
-        ax.plot(g.index, g.values, marker="o" if form == "independent" else "x", color=colours[reader],
-                linestyle="-" if form == "independent" else ":", label=f"{reader} ({form})")
-    ax.set_xlabel("depth")
-    ax.set_ylabel("nearest-leaf accuracy")
-    ax.set_ylim(-0.02, 1.02)
+    readers = sorted(set(readers))
+    return fig, fig.subplots(), dict(zip(readers, _colours(len(readers))))
+
+
+def _finish(fig: Figure, ax, title: str, xlabel: str, ylabel: str = "nearest-leaf accuracy",
+            accuracy: bool = True) -> Figure:
+    """Labels, grid, the legend beside the axis and the title (accuracy: the y axis is [0, 1])."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if accuracy:
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     return fig
 
 
+def _collision_figure(s: pd.DataFrame, title: str) -> Figure:
+    fig, ax, colours = _one_axis_figure(s["reader"])
+    for (reader, form), g in s.groupby(["reader", "form"], sort=True):
+        g = g.groupby("depth")["acc"].mean()
+        ax.plot(g.index, g.values, marker="o" if form == "independent" else "x", color=colours[reader],
+                linestyle="-" if form == "independent" else ":", label=f"{reader} ({form})")
+    return _finish(fig, ax, title, "depth")
+
+
 def _size_figure(s: pd.DataFrame, title: str) -> Figure:
     """Accuracy against stored paths (the memory's size), every form and shape pooled."""
-    fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    readers = sorted(set(s["reader"]))
-    colours = dict(zip(readers, _colours(len(readers))))
+    fig, ax, colours = _one_axis_figure(s["reader"])
     for reader, g in s.groupby("reader", sort=True):
         g = g.sort_values("n")
         ax.plot(g["n"], g["acc"], marker=".", linestyle="none", color=colours[reader], alpha=0.5)
@@ -125,13 +134,7 @@ def _size_figure(s: pd.DataFrame, title: str) -> Figure:
         ax.plot(binned["n"], binned["acc"], color=colours[reader], label=reader,
                 linestyle="--" if reader.startswith(("flat", "stacked")) else "-")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("stored paths n (mean over seeds)")
-    ax.set_ylabel("nearest-leaf accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(title)
-    return fig
+    return _finish(fig, ax, title, "stored paths n (mean over seeds)")
 
 
 def capacity(s: pd.DataFrame) -> pd.DataFrame:
@@ -149,10 +152,8 @@ def capacity(s: pd.DataFrame) -> pd.DataFrame:
 
 
 def _capacity_figure(cap: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    readers = sorted(set(cap["reader"]))
-    for colour, reader in zip(_colours(len(readers)), readers):
+    fig, ax, colours = _one_axis_figure(cap["reader"])
+    for reader, colour in colours.items():
         g = cap[cap["reader"] == reader].sort_values("d")
         ax.plot(g["d"], g["capacity"].where(g["capacity"] > 0), marker="o", color=colour, label=reader)
         capped = g[g["held_at_largest"]]
@@ -162,12 +163,9 @@ def _capacity_figure(cap: pd.DataFrame) -> Figure:
         ax.set_yscale("log", base=2)
     else:
         ax.text(0.5, 0.5, f"no tree read at accuracy >= {CAPACITY_ACC}", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("d")
-    ax.set_ylabel(f"largest tree read at accuracy >= {CAPACITY_ACC} (stored paths)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(f"Capacity against d ({cap['form'].iloc[0]} form; open triangles: held at the largest tree tried)")
-    return fig
+    return _finish(fig, ax, f"Capacity against d ({cap['form'].iloc[0]} form; open triangles: held at the largest tree "
+                            "tried)", "d", f"largest tree read at accuracy >= {CAPACITY_ACC} (stored paths)",
+                   accuracy=False)
 
 
 def theory_table(s: pd.DataFrame) -> pd.DataFrame:

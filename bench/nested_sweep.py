@@ -131,6 +131,7 @@ class SeedData(NamedTuple):
     lengths: np.ndarray     # (q,)
     targets: np.ndarray     # (q,) value ids
     slots: np.ndarray       # (q,) target slots (unpadded numbering)
+    stored: tuple           # every readable path: (paths (P, depth, d), lengths (P,), value ids (P,))
 
 
 @lru_cache(maxsize=128)  # every reader of a tree shape reuses its seeds' trees
@@ -145,8 +146,9 @@ def seed_data(form: str, depth: int, branching: int, collision: float, d: int, q
     count = len(tree.paths)
     rng = np.random.default_rng(seed)
     chosen = np.arange(count) if count <= queries else np.sort(rng.choice(count, queries, replace=False))
-    paths, lengths, targets = build.query_paths(tree, K, chosen)
-    return SeedData(tree, K, V, chosen, paths, lengths, targets, build.target_slots(tree, chosen))
+    stored = build.query_paths(tree, K)
+    paths, lengths, targets = (x[chosen] for x in stored)
+    return SeedData(tree, K, V, chosen, paths, lengths, targets, build.target_slots(tree, chosen), stored)
 
 
 class Family(NamedTuple):
@@ -199,7 +201,7 @@ def inputs(f: Family, data: SeedData, seed: int, dtype) -> dict[str, Any]:
         out["levels"] = levels
         out["slots"] = _pad(build.repad_slots(tree, data.slots, data.lengths, f.branching), f.queries)
     elif f.mode in READS_COMPOSITION:
-        all_paths, all_lengths, all_targets = build.query_paths(tree, data.keys)
+        all_paths, all_lengths, all_targets = data.stored
         stored = flat.compose(all_paths, all_lengths, f.composition, seed).astype(dtype)
         out["stored_keys"] = _pad(stored, f.slots)
         out["stored_values"] = _pad(data.values[all_targets].astype(dtype), f.slots)
@@ -254,7 +256,7 @@ def score(out, weight, x):
     import jax
     import jax.numpy as jnp
 
-    from kernels.metrics import accumulate_dtype
+    from kernels.metrics import accumulate_dtype, row_cos_dist
 
     wide = accumulate_dtype(out.dtype)
     valid = x["valid"]
@@ -262,15 +264,10 @@ def score(out, weight, x):
     out, V = out.astype(wide), x["codebook"].astype(wide)
     true = V[x["targets"]]
 
-    def cos(a, b):
-        na, nb = jnp.linalg.norm(a, axis=-1), jnp.linalg.norm(b, axis=-1)
-        return jnp.where((na > 0) & (nb > 0), jnp.sum(a * b, -1) / jnp.maximum(na * nb, 1e-300), 0.0)
-
     def mean(v):
         return jnp.sum(jnp.where(valid, v, 0.0)) / count
 
-    c = cos(out, true)
-    dist = jnp.linalg.norm(out - true, axis=-1)
+    c, dist = row_cos_dist(out, true, wide)
     # Nearest stored value, a block of queries at a time (values: up to MAX_SLOTS rows).
     sq = jnp.sum(V * V, -1)
     q, block = out.shape[0], min(out.shape[0], 128)
@@ -278,10 +275,11 @@ def score(out, weight, x):
     nearest = jax.lax.map(lambda b: jnp.argmin(jnp.where(x["known"][None], sq[None] - 2 * b @ V.T, jnp.inf), -1),
                           blocks).reshape(-1)[:q]
     other = V[x["targets"][(jnp.arange(valid.shape[0]) + 1) % count]]
+    base_cos, base_dist = row_cos_dist(true, other, wide)
     cmean = mean(c)
     return dict(cos_mean=cmean, cos_std=jnp.sqrt(jnp.maximum(mean(c * c) - cmean**2, 0.0)), dist_mean=mean(dist),
-                acc=mean((nearest == x["targets"]).astype(wide)), baseline_cos=mean(cos(true, other)),
-                baseline_dist=mean(jnp.linalg.norm(true - other, axis=-1)), path_mass=mean(weight.astype(wide)),
+                acc=mean((nearest == x["targets"]).astype(wide)), baseline_cos=mean(base_cos),
+                baseline_dist=mean(base_dist), path_mass=mean(weight.astype(wide)),
                 acc_queries=valid.sum())
 
 

@@ -123,19 +123,41 @@ def codebook(symbols: tuple[str, ...], vectors: Mapping[str, Any], dim: int | No
 
 
 def device_levels(tree: Tree, key_vectors: np.ndarray, value_vectors: np.ndarray):
-    """The levels as ``kernels.nested.Level`` arrays: keys (N, B, d) and values (N, B, dv)
-    gathered from the codebooks (zero where a slot is empty or has no value)."""
+    """The levels as ``kernels.nested.Level`` device arrays at the tree's own sizes: keys
+    (N, B, d) and values (N, B, dv) gathered from the codebooks (zero where a slot is empty or
+    has no value), with the parents table of every level below the root."""
     import jax.numpy as jnp
 
+    return tuple(type(lev)(*(None if a is None else jnp.asarray(a) for a in lev))
+                 for lev in padded_levels(tree, key_vectors, value_vectors))
+
+
+def padded_levels(tree: Tree, key_vectors: np.ndarray, value_vectors: np.ndarray,
+                  nodes: tuple[int, ...] | None = None, width: int | None = None, gather: bool = True) -> tuple:
+    """The levels of ``tree`` as NumPy ``kernels.nested.Level`` fields, padded to ``nodes[l]``
+    nodes of ``width`` slots each (None: the level's own; padding slots are masked out), so
+    trees of one shape class (e.g. every seed of a sweep cell) share one compiled read. Target
+    slots (target_slots) must then be renumbered with ``width``: see ``repad_slots``. gather:
+    build each level's parents table (parent_slots; its width is the largest number of parents
+    of a node, which differs from tree to tree where identical sub-dictionaries are merged, so
+    padded reads that must share a program go by scatter: gather=False)."""
     from kernels.nested import Level
 
-    out = []
+    out, above = [], None
     for l, lev in enumerate(tree.levels):
-        keys = np.where((lev.keys >= 0)[..., None], key_vectors[np.maximum(lev.keys, 0)], 0.0)
-        values = np.where((lev.values >= 0)[..., None], value_vectors[np.maximum(lev.values, 0)], 0.0)
-        out.append(Level(jnp.asarray(keys, key_vectors.dtype), jnp.asarray(lev.keys >= 0), jnp.asarray(lev.child),
-                         jnp.asarray(values, value_vectors.dtype),
-                         None if l == 0 else jnp.asarray(parent_slots(tree.levels[l - 1], lev.keys.shape[0]))))
+        n, b = lev.keys.shape
+        rows, cols = n if nodes is None else nodes[l], b if width is None else width
+        if n > rows or b > cols:
+            raise ValueError(f"level {l} has {n} nodes of {b} slots, more than the {rows} x {cols} to pad to")
+        padded = Slots(*(np.full((rows, cols), -1, np.int32) for _ in range(3)))
+        for mine, theirs in zip(padded, lev):
+            mine[:n, :b] = theirs
+        kv = np.where((padded.keys >= 0)[..., None], key_vectors[np.maximum(padded.keys, 0)], 0.0)
+        vv = np.where((padded.values >= 0)[..., None], value_vectors[np.maximum(padded.values, 0)], 0.0)
+        parents = parent_slots(above, rows) if gather and l > 0 else None
+        out.append(Level(kv.astype(key_vectors.dtype), padded.keys >= 0, padded.child, vv.astype(value_vectors.dtype),
+                         parents))
+        above = padded
     return tuple(out)
 
 
@@ -182,39 +204,6 @@ def target_slots(tree: Tree, which=None) -> np.ndarray:
             out[i] = node * lev.keys.shape[1] + slot
             node = int(lev.child[node, slot])
     return out
-
-
-def padded_levels(tree: Tree, key_vectors: np.ndarray, value_vectors: np.ndarray, nodes: tuple[int, ...],
-                  width: int, gather: bool = True) -> tuple:
-    """The levels of ``tree`` as NumPy ``kernels.nested.Level`` fields padded to ``nodes[l]``
-    nodes of ``width`` slots each (padding slots are masked out), so trees of one shape class
-    (e.g. every seed of a sweep cell) share one compiled read. Target slots (target_slots)
-    must be renumbered with ``width``: see ``repad_slots``. gather: build the parents table
-    (one parent per node in a tree; a DAG's largest count varies, so it reads by scatter)."""
-    from kernels.nested import Level
-
-    out = []
-    for l, lev in enumerate(tree.levels):
-        n, b = lev.keys.shape
-        if n > nodes[l] or b > width:
-            raise ValueError(f"level {l} has {n} nodes of {b} slots, more than the {nodes[l]} x {width} to pad to")
-        keys = np.full((nodes[l], width), -1, np.int32)
-        values = np.full((nodes[l], width), -1, np.int32)
-        child = np.full((nodes[l], width), -1, np.int32)
-        keys[:n, :b], values[:n, :b], child[:n, :b] = lev.keys, lev.values, lev.child
-        kv = np.where((keys >= 0)[..., None], key_vectors[np.maximum(keys, 0)], 0.0).astype(key_vectors.dtype)
-        vv = np.where((values >= 0)[..., None], value_vectors[np.maximum(values, 0)], 0.0).astype(value_vectors.dtype)
-        parents = None
-        if gather and l > 0:
-            above = out[-1].child
-            flat = above.reshape(-1)
-            parents = np.full((nodes[l], 1), -1, np.int32)
-            has = np.flatnonzero(flat >= 0)
-            if len(np.unique(flat[has])) != len(has):
-                raise ValueError("a node with several parents (a DAG): pad with gather=False")
-            parents[flat[has], 0] = has
-        out.append(Level(kv, keys >= 0, child, vv, parents))
-    return tuple(out)
 
 
 def repad_slots(tree: Tree, slots: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:

@@ -295,26 +295,11 @@ configure_jax()
 import jax, jax.numpy as jnp, numpy as np
 from kernels import nested as kn
 from kernels.attention import recall
+from bench.benchmarks import full_tree
 L, B, d, Q = 4, 32, 64, 4096
 which = sys.argv[1] if len(sys.argv) > 1 else "all"
-rng = np.random.default_rng(0)
-levels = []
-for l in range(L):
-    N = B**l
-    keys = (rng.standard_normal((N, B, d)) / np.sqrt(d)).astype(np.float32)
-    child = (np.arange(N * B).reshape(N, B) if l + 1 < L else -np.ones((N, B))).astype(np.int32)
-    values = (rng.standard_normal((N, B, d)) / np.sqrt(d)).astype(np.float32) if l + 1 == L else np.zeros((N, B, d), np.float32)
-    levels.append(kn.Level(jnp.asarray(keys), jnp.ones((N, B), bool), jnp.asarray(child), jnp.asarray(values), None if l == 0 else jnp.arange(N, dtype=jnp.int32)[:, None]))
-levels = tuple(levels)
-leaves = rng.integers(0, B**L, Q)
-digits = np.stack([(leaves // B**(L - 1 - l)) % B for l in range(L)], 1)
-node = np.zeros(Q, np.int64)
-path = np.zeros((Q, L, d), np.float32)
-for l in range(L):
-    path[:, l] = np.asarray(levels[l].keys)[node, digits[:, l]]
-    node = node * B + digits[:, l]
-paths = jnp.asarray(path); lengths = jnp.full((Q,), L, jnp.int32)
-target = np.asarray(levels[-1].values).reshape(-1, d)[leaves]
+levels, paths, lengths, target = full_tree(L, B, d, Q)
+path = np.asarray(paths)
 rate = matmul_gflops()
 def timeit(f, reps=2):
     out = f(); jax.block_until_ready(out)
