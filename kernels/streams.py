@@ -1,11 +1,12 @@
 """Pair streams: the keys and values a sweep cell stores, generated chunk by chunk.
 
-Every pair i of a stream lives in chunk ``i // chunk`` and is drawn from
-``fold_in(stream_key, i // chunk)``, so the first n pairs are the same whatever n is
+Pair i of a stream is row i of its Philox stream (kernels.philox: counter = the row and
+the column group, key = the stream key), so the first n pairs are the same whatever n and
+whatever the chunk size are
 (cells that differ only in n or in the memory share their data: paired comparisons), and
 any chunk can be regenerated on demand instead of being stored. That is what keeps memory
 independent of n. Two sources: i.i.d. random patterns (Gaussian, sphere, +-1) from the
-counter-based PRNG, and rows of a table of real vectors (word embeddings).
+counter-based Philox generator, and rows of a table of real vectors (word embeddings).
 
 Each random-number call site costs compile time, so a stream has few: one draw of keys and
 values together, one of the query noise (noisy families only), one of the query mask
@@ -21,13 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kernels import philox
 from kernels.names import DISTRIBUTIONS
 
 TABLE = "table"  # the patterns of a stream whose pairs are rows of a table of real vectors (e.g. GloVe)
 
-# Salts of the independent draws of one chunk (fold_in(chunk key, salt)).
-_NOISE, _MASK = 1, 2
-# Chunk indices from here on are the random-baseline values; no pair stream gets this far.
+# Salts of the independent Philox streams of one pair stream's key (pairs: 0).
+_NOISE, _MASK, _BASELINE = 1, 2, 3
+# Table streams draw their random-baseline rows from here on (no pair stream gets this far).
 BASELINE_CHUNKS_FROM = 2**30
 # How many independent value pairs the random baselines average over.
 BASELINE_PAIRS = 1024
@@ -63,30 +65,30 @@ def stream_key(seed, d: int, dv: int, dist: str) -> jax.Array:
     in: every memory sees the same pairs.
     """
     _check_dist(dist)
-    key = jax.random.key(seed)
+    key = jax.random.key(seed, impl="threefry2x32")  # whatever jax_default_prng_impl says: Philox takes its two words
     for datum in (d, dv, DISTRIBUTIONS.index(dist)):
         key = jax.random.fold_in(key, datum)
     return key
 
 
 def draw_pairs(key, index, *, chunk: int, d: int, dv: int, dist: str, dtype):
-    """Chunk ``index`` of stream ``key``: keys (chunk, d) and values (chunk, dv), from one
-    random-number call."""
-    x = jax.random.normal(jax.random.fold_in(key, index), (chunk, d + dv), dtype)
+    """Chunk ``index`` of stream ``key`` (pairs index * chunk on): keys (chunk, d) and
+    values (chunk, dv), from one random-number call."""
+    x = philox.normal(key, (chunk, d + dv), dtype, row0=index * chunk)
     return shape_patterns(x[:, :d], dist), shape_patterns(x[:, d:], dist)
 
 
 def draw_noise(key, index, *, chunk: int, d: int, dtype):
-    """Standard normal query noise (chunk, d) of chunk ``index``: its own draw (threefry's
-    numbers depend on the whole shape drawn, and the pairs must not depend on the noise)."""
-    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), _NOISE), (chunk, d), dtype)
+    """Standard normal query noise (chunk, d) of chunk ``index``: its own draw (its own
+    Philox salt), so the pairs do not depend on the noise."""
+    return philox.normal(key, (chunk, d), dtype, salt=_NOISE, row0=index * chunk)
 
 
 def query_mask(key, index, fraction, *, chunk: int, d: int, dtype):
     """(chunk, d) 0/1 mask of chunk ``index`` of stream ``key`` that zeroes round(fraction * d)
     random coordinates of each row (exactly that many; fraction is traced). Its own draw, so
     the pairs and the noise do not depend on the mask."""
-    z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), _MASK), (chunk, d), dtype)
+    z = philox.normal(key, (chunk, d), dtype, salt=_MASK, row0=index * chunk)
     rank = jnp.argsort(jnp.argsort(z, axis=1), axis=1)
     return (rank >= jnp.round(fraction * d).astype(rank.dtype)).astype(dtype)
 
@@ -132,12 +134,12 @@ def open_stream(seed, *, d: int, dv: int, patterns: str, chunk: int, dtype, tabl
         noise=lambda j: draw_noise(key, j, chunk=chunk, d=d, dtype=dtype),
         mask=lambda j, fraction: query_mask(key, j, fraction, chunk=chunk, d=d, dtype=dtype),
         baseline=lambda t: shape_patterns(
-            jax.random.normal(jax.random.fold_in(key, BASELINE_CHUNKS_FROM + t), (chunk, dv), dtype), patterns),
+            philox.normal(key, (chunk, dv), dtype, salt=_BASELINE, row0=t * chunk), patterns),
         scale=entry_scale(patterns, d))
 
 
 def _table_key(seed, d: int, dv: int):
-    return jax.random.fold_in(jax.random.key(seed), d * 65536 + dv)
+    return jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), d * 65536 + dv)
 
 
 def _table_stream(seed, table, *, d: int, dv: int, chunk: int, dtype) -> Stream:
