@@ -42,6 +42,8 @@ PRECISE_RATIO = 4
 # A Cholesky pivot below this fraction of the largest diagonal means K is rank deficient.
 _PIVOT_FLOOR = 1e-12
 DELTA_BLOCK = 64
+# Dual solves of n <= d / SMALL_DUAL pairs run at that size instead of d (see _dual_solve).
+SMALL_DUAL = 8
 
 
 class Params(NamedTuple):
@@ -177,7 +179,7 @@ def _ls_finalize(ridge: bool):
             W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.wide), cross)
             return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
         W, ok, how = lax.cond(n >= w.d, lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
-                              lambda: (*_dual_solve(first, w.d, w.wide), jnp.int32(DUAL)))
+                              lambda: (*_dual_solve(first, n, w.d, w.wide), jnp.int32(DUAL)))
         # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
         return Written(W, ok, how, gram, cross)
     return finalize
@@ -266,17 +268,23 @@ def _cholesky_solve(gram, rhs):
     return cho_solve((factor, True), rhs), ok
 
 
-def _dual_solve(first: First, d: int, wide):
+def _dual_solve(first: First, n, d: int, wide):
     """W = K^T (K K^T)^-1 V for n < d, from the first d stored pairs (all of them when n < d).
-    One d x d solve whatever n is: solving at a few smaller sizes for small n measured 0.7 s
-    more compile time per family than it saved in run time on the classic grid."""
-    valid = first.valid[:d]
-    K = jnp.where(valid[:, None], first.keys[:d], 0).astype(wide)
-    V = jnp.where(valid[:, None], first.values[:d], 0).astype(wide)
-    # Padding rows are zero; a unit diagonal there keeps the dual Gram invertible and leaves
-    # the solution untouched (those rows of V are zero).
-    A, ok = _cholesky_solve(K @ K.T + jnp.diag((~valid).astype(wide)), V)
-    return K.T @ A, ok
+    Padded to d rows, except that n <= d / SMALL_DUAL solves at d / SMALL_DUAL rows: the padded
+    float64 d x d solve was most of a small cell's time (70 of 170 ms at d = 1024, n = 4)."""
+    def solve(rows: int):
+        valid = first.valid[:rows]
+        K = jnp.where(valid[:, None], first.keys[:rows], 0).astype(wide)
+        V = jnp.where(valid[:, None], first.values[:rows], 0).astype(wide)
+        # Padding rows are zero; a unit diagonal there keeps the dual Gram invertible and
+        # leaves the solution untouched (those rows of V are zero).
+        A, ok = _cholesky_solve(K @ K.T + jnp.diag((~valid).astype(wide)), V)
+        return K.T @ A, ok
+
+    small = d // SMALL_DUAL
+    if small < 16:
+        return solve(d)
+    return lax.cond(n <= small, lambda: solve(small), lambda: solve(d))
 
 
 def _qr_solve(R, d, dtype):

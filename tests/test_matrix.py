@@ -23,7 +23,9 @@ RULES = {
 REFERENCE = {"pinv": dict(), "hebbian": dict(), "ridge": dict(lam=0.5), "delta": dict(eta=1.0, passes=2)}
 
 # Shapes the issue names explicitly, then hypothesis draws more.
-CORNERS = [(1, 1, 1), (1, 7, 3), (7, 1, 2), (5, 5, 5), (5, 9, 4), (9, 5, 4), (16, 16, 16), (40, 12, 6)]
+CORNERS = [(1, 1, 1), (1, 7, 3), (7, 1, 2), (5, 5, 5), (5, 9, 4), (9, 5, 4), (16, 16, 16), (40, 12, 6),
+           # n = d / SMALL_DUAL (the dual solve at 16 rows), one above it (at d rows), and n = 1
+           (16, 128, 8), (17, 128, 8), (1, 128, 4)]
 
 
 def _pairs(n, d, dv, dist, seed):

@@ -27,6 +27,8 @@ def _cell(rule, d, n, noise=0.0, seeds=2, dist="gaussian", dtype="float32", lam=
 CASES = [  # (rule, d, n, noise): n < d, n = d (worst conditioned), n > d, n = 1, several chunks
     ("pinv", 64, 32, 0.0), ("pinv", 64, 64, 0.0), ("pinv", 128, 128, 0.0), ("pinv", 32, 1000, 0.0),
     ("pinv", 16, 1, 0.0), ("pinv", 64, 64, 0.1), ("pinv", 64, 300, 0.2),
+    # the dual solve at d / SMALL_DUAL rows (n <= 16 here) and at d rows just above it
+    ("pinv", 128, 16, 0.1), ("pinv", 128, 17, 0.1), ("pinv", 256, 3, 0.0),
     ("hebbian", 32, 100, 0.0), ("hebbian", 32, 100, 0.3),
     ("ridge", 64, 64, 0.0), ("ridge", 32, 500, 0.1),
     ("delta", 32, 20, 0.0), ("delta", 16, 70, 0.1),
