@@ -23,9 +23,10 @@ def configure_jax() -> None:
     """Settings every sweep runs under, applied before any JAX computation.
 
     x64 makes float64 available to the least-squares solves (arrays stay float32 unless a
-    kernel asks); the non-partitionable threefry is about 3x faster at generating patterns on
-    CPU and its numbers do not depend on the device count either, because each seed's stream
-    lives on one device."""
+    kernel asks). The pair streams draw from kernels.philox, whatever the threefry setting;
+    the remaining threefry draws (keys of streams, GloVe permutations, nested trees) use the
+    non-partitionable threefry, faster on CPU, whose numbers do not depend on the device count
+    either, because each seed's stream lives on one device."""
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_threefry_partitionable", False)
 

@@ -34,6 +34,11 @@ from bench.spec import GLOVE_WORDS, Cell, SpecError, SweepSpec
 _MEMORY_HEADROOM = 2.0
 # Bytes per device a family's cache of drawn pairs may take (less where the device has less).
 KEEP_BYTES = 768 * 2**20
+# XLA:CPU's loop-fusion emitters compile a cell program about 2x slower than its older ones
+# (1.8 s against 0.9 s for a d = 1024 matrix family here) and run large cells about 15%
+# faster: a family whose largest cell needs less than this many FLOPs per device (about
+# 3 s at this machine's matmul rate) compiles the fast way (see compiler_options).
+FAST_COMPILE_FLOPS = 1e12
 Family = kernels.MatrixFamily | kernels.AttentionFamily
 
 
@@ -44,12 +49,14 @@ class _Programs:
     a family's compile time (measured in that thread) is charged to its first cell, and the
     time cells actually waited is summed in ``compile_wait_s``."""
 
-    def __init__(self, mesh: Mesh, seeds: int):
+    def __init__(self, mesh: Mesh, seeds: int, options: Callable[[Family], dict] = lambda family: {}):
         self.mesh = mesh
         self.seeds = seeds
+        self.options = options  # XLA compiler options of a family (compiler_options)
         self.compiled: dict[tuple[str, Family], Future] = {}
         self.compile_count = 0
         self.compile_wait_s = 0.0  # time cells waited for a program (less than compiling, when prefetched)
+        self.fast_compile_count = 0  # programs compiled with compiler options (compiler_options)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self._cache: tuple[Family, Any] | None = None
         self._charged: set = set()
@@ -69,7 +76,15 @@ class _Programs:
                      donate_argnums=1)
         cache = jax.ShapeDtypeStruct(streams.cache_shape(family, self.seeds), np.dtype(family.dtype), sharding=batch)
         seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
-        compiled = fn.lower(seeds, cache, *args).compile()
+        lowered = fn.lower(seeds, cache, *args)
+        options = self.options(family)
+        try:
+            compiled = lowered.compile(options or None)
+            self.fast_compile_count += bool(options)
+        except jax.errors.JaxRuntimeError:  # an XLA without these options: compile as it comes
+            if not options:
+                raise
+            compiled = lowered.compile()
         return compiled, time.perf_counter() - start
 
     def prefetch(self, family: Family, args) -> None:
@@ -104,6 +119,14 @@ class _Programs:
     def close(self) -> None:
         self._cache = None
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def compiler_options(largest_flops: float) -> dict[str, Any]:
+    """XLA options of a family whose largest cell needs ``largest_flops`` per device: on CPU,
+    the quicker-compiling fusion emitters where compiling dominates (FAST_COMPILE_FLOPS)."""
+    if jax.default_backend() != "cpu" or largest_flops >= FAST_COMPILE_FLOPS:
+        return {}
+    return {"xla_cpu_use_fusion_emitters": False}
 
 
 def family_of(cell: Cell, keep: int = 0) -> Family:
@@ -205,7 +228,8 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     """Run every cell of ``spec`` not yet finished in ``run_dir`` (or, for a capacity spec,
     every search, reusing finished probes). ``manifest`` is the run's, held by bench.pipeline:
     the sweep adds to it (``cell_ids`` before the first part, then ``compiled_programs``,
-    ``compile_wait_s`` and ``cell_order``, the parts that make up the run, in order) and calls
+    ``fast_compile_programs`` (those compiled with compiler_options), ``compile_wait_s`` and
+    ``cell_order``, the parts that make up the run, in order) and calls
     ``save`` where the addition must reach the disk before anything else does. Returns it.
     A multi-process run (bench.cluster) passes ``mine`` (the cells this process runs; a grid
     only) and ``finished`` (the part ids finished before it started, as process 0 saw them)."""
@@ -213,10 +237,11 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     mesh = Mesh(np.array(devices), ("seeds",))
     seeds = list(range(spec.seeds))
     padded = seeds + [seeds[-1]] * (-len(seeds) % len(devices))  # pad to a multiple of devices
-    programs = _Programs(mesh, len(padded))
+    per_device = len(padded) // len(devices)
+    largest_flops: dict[Family, float] = {}  # per device, over the family's cells (compiler_options)
+    programs = _Programs(mesh, len(padded), lambda f: compiler_options(largest_flops.get(f, math.inf)))
     seed_array = jax.device_put(np.array(padded, np.int32), NamedSharding(mesh, PartitionSpec("seeds")))
     available = environment.device_memory_bytes()
-    per_device = len(padded) // len(devices)
     budget = min(KEEP_BYTES, available // 8) if available else KEEP_BYTES
     largest_n = spec.max_n if spec.capacity else max(spec.n)
     families: dict[Cell, Family] = {}
@@ -233,6 +258,11 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
         for cell in cells:
             if cell.separation == "topk" and cell.topk > cell.n:
                 continue  # skipped, never run
+            f = family(cell)
+            largest_flops[f] = max(largest_flops.get(f, 0.0), cell_flops(cell) * per_device)
+        for cell in cells:
+            if cell.separation == "topk" and cell.topk > cell.n:
+                continue
             f = family(cell)
             if f in seen:
                 continue
@@ -272,6 +302,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
         programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
     manifest["compile_wait_s"] = manifest.get("compile_wait_s", 0.0) + programs.compile_wait_s
+    manifest["fast_compile_programs"] = manifest.get("fast_compile_programs", 0) + programs.fast_compile_count
     manifest["cell_order"] = order
     return manifest
 

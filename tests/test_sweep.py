@@ -169,3 +169,27 @@ def test_the_glove_table_is_loaded_once_per_mesh():
     mesh = Mesh(np.array(jax.devices()), ("seeds",))
     first = sweep.glove_table(mesh)
     assert sweep.glove_table(mesh) is first and first.shape == (spec_module.GLOVE_WORDS, spec_module.GLOVE_DIM)
+
+
+def test_small_families_compile_the_quick_way_and_measure_the_same(tmp_path, monkeypatch):
+    """On CPU, a family of small cells is compiled with XLA's quicker-compiling fusion emitters
+    (sweep.compiler_options); large ones and other backends are compiled as they come. The
+    choice changes no number beyond float rounding, and an XLA without the option still runs."""
+    if jax.default_backend() == "cpu":
+        assert sweep.compiler_options(1e9) == {"xla_cpu_use_fusion_emitters": False}
+    else:
+        assert sweep.compiler_options(1e9) == {}
+    assert sweep.compiler_options(10 * sweep.FAST_COMPILE_FLOPS) == {}
+    spec = SweepSpec(kernels=("pinv", "attention"), d=(16,), n=(8, 64), seeds=2, noise=(0.1,))
+    quick, quick_manifest = _run(spec, tmp_path / "quick")
+    monkeypatch.setattr(sweep, "FAST_COMPILE_FLOPS", 0.0)
+    plain, plain_manifest = _run(spec, tmp_path / "plain")
+    monkeypatch.setattr(sweep, "compiler_options", lambda flops: {"xla_no_such_option": True})
+    unknown, unknown_manifest = _run(spec, tmp_path / "unknown")
+    assert plain_manifest["fast_compile_programs"] == unknown_manifest["fast_compile_programs"] == 0
+    expected = quick_manifest["compiled_programs"] if jax.default_backend() == "cpu" else 0
+    assert quick_manifest["fast_compile_programs"] == expected > 0 or jax.default_backend() != "cpu"
+    for other in (plain, unknown):
+        assert (other["status"] == "ok").all() and (quick["status"] == "ok").all()
+        for column in ("cos_mean", "dist_mean", "acc", "baseline_cos"):
+            np.testing.assert_allclose(quick[column], other[column], rtol=1e-6, atol=1e-7)
