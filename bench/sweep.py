@@ -129,6 +129,17 @@ def compiler_options(largest_flops: float) -> dict[str, Any]:
     return {"xla_cpu_use_fusion_emitters": False}
 
 
+# scaled_dot scores are dot scores / sqrt(head dim): under these separations a scaled_dot cell
+# is the dot cell at beta / sqrt(head dim) (softmax, top-k) or at any beta (scale-free
+# weights), so it runs in the dot family and the two similarities share one program.
+_BETA_SCALED, _SCALE_FREE = ("softmax", "topk"), ("max", "polynomial")
+
+
+def _as_dot(cell: Cell) -> bool:
+    return (cell.kernel == "attention" and cell.similarity == "scaled_dot"
+            and cell.separation in _BETA_SCALED + _SCALE_FREE)
+
+
 def family_of(cell: Cell, keep: int = 0) -> Family:
     """The compiled family a cell runs in: everything static about it (a Cell carries all of
     it). keep: pairs the family's cache holds (see keep_pairs); it changes no number."""
@@ -137,7 +148,7 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
     chunk = kernels.default_chunk(cell.d, cell.dv)
     if cell.kernel == "attention":
         return kernels.AttentionFamily(
-            similarity=cell.similarity, separation=cell.separation, d=cell.d, dv=cell.dv, patterns=patterns,
+            similarity="dot" if _as_dot(cell) else cell.similarity, separation=cell.separation, d=cell.d, dv=cell.dv, patterns=patterns,
             dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
             steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep)
     method = kernels.default_method() if cell.method in (None, "auto") else cell.method
@@ -157,8 +168,10 @@ def keep_pairs(cell: Cell, largest_n: int, seeds_per_device: int, budget: int) -
 def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:
     """The dynamic arguments of a cell's program, with the dtypes the program expects."""
     if isinstance(family, kernels.AttentionFamily):
-        args = kernels.attention_args(family, cell.n, cell.noise, _knob(cell, "beta"), _knob(cell, "degree"),
-                                      cell.mask or 0.0)
+        beta = _knob(cell, "beta")
+        if _as_dot(cell) and cell.separation in _BETA_SCALED:
+            beta = beta / math.sqrt(cell.d // (cell.heads or 1))
+        args = kernels.attention_args(family, cell.n, cell.noise, beta, _knob(cell, "degree"), cell.mask or 0.0)
     else:  # pinv is ridge at lambda = 0
         args = kernels.matrix_args(family, cell.n, cell.noise, cell.lam or 0.0, _knob(cell, "eta"),
                                    _knob(cell, "passes"), cell.mask or 0.0)

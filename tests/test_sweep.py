@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+import kernels
 from bench import environment, rundir, store, sweep
 from conftest import sweep_into
 from bench import spec as spec_module
@@ -193,3 +194,27 @@ def test_small_families_compile_the_quick_way_and_measure_the_same(tmp_path, mon
         assert (other["status"] == "ok").all() and (quick["status"] == "ok").all()
         for column in ("cos_mean", "dist_mean", "acc", "baseline_cos"):
             np.testing.assert_allclose(quick[column], other[column], rtol=1e-6, atol=1e-7)
+
+
+def test_scaled_dot_cells_share_the_dot_program_and_match_their_own(tmp_path):
+    """A scaled_dot cell runs in the dot family at beta / sqrt(head dim) (softmax, top-k) or as
+    it is (max, polynomial: scale-free weights); identity weights are the scores themselves, so
+    its scaled_dot cells keep their own program. Every row matches the cell run in a program
+    of its own similarity."""
+    separations = ("softmax", "topk", "max", "polynomial", "identity")
+    spec = SweepSpec(kernels=("attention",), d=(16,), n=(8, 64), seeds=2, similarity=("dot", "scaled_dot"),
+                     separation=separations, topk=(4,), beta=(3.0,), heads=(1, 2), noise=(0.2,))
+    df, manifest = _run(spec, tmp_path)
+    assert (df["status"] == "ok").all()
+    # (5 separations x 2 head counts) dot families, and the 2 scaled_dot identity families
+    assert manifest["compiled_programs"] == 5 * 2 + 2
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    for (separation, heads), rows in df[df["similarity"] == "scaled_dot"].groupby(["separation", "heads"]):
+        family = kernels.AttentionFamily("scaled_dot", separation, 16, 16, "gaussian", queries=1024,
+                                         k=4 if separation == "topk" else 1, heads=int(heads), noisy=True,
+                                         chunk=kernels.default_chunk(16, 16))
+        for n, cell_rows in rows.groupby("n"):
+            own = kernels.run_attention_cell(family, seeds, *kernels.attention_args(family, int(n), 0.2, 3.0))
+            for column in ("cos_mean", "dist_mean", "acc"):
+                np.testing.assert_allclose(cell_rows.sort_values("seed")[column], np.asarray(getattr(own, column)),
+                                           rtol=1e-5, atol=1e-6, err_msg=f"{separation} heads={heads} n={n}")
