@@ -152,7 +152,10 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
             dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
             steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep)
     method = kernels.default_method() if cell.method in (None, "auto") else cell.method
-    return kernels.MatrixFamily(rule=cell.kernel, d=cell.d, dv=cell.dv, patterns=patterns, dtype=cell.dtype,
+    # A ridge cell runs in the pinv family (pinv with lam and min_norm False is ridge): one
+    # program for both.
+    rule = "pinv" if cell.kernel == "ridge" else cell.kernel
+    return kernels.MatrixFamily(rule=rule, d=cell.d, dv=cell.dv, patterns=patterns, dtype=cell.dtype,
                                 chunk=chunk, queries=cell.queries, method=method, noisy=cell.noise > 0,
                                 masked=bool(cell.mask), keep=keep)
 
@@ -174,7 +177,7 @@ def cell_args(cell: Cell, family: Family, mesh: Mesh) -> tuple:
         args = kernels.attention_args(family, cell.n, cell.noise, beta, _knob(cell, "degree"), cell.mask or 0.0)
     else:  # pinv is ridge at lambda = 0
         args = kernels.matrix_args(family, cell.n, cell.noise, cell.lam or 0.0, _knob(cell, "eta"),
-                                   _knob(cell, "passes"), cell.mask or 0.0)
+                                   _knob(cell, "passes"), cell.mask or 0.0, min_norm=cell.kernel != "ridge")
     if family.patterns == kernels.TABLE:
         args = (*args, glove_table(mesh))
     return args

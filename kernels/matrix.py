@@ -51,11 +51,14 @@ class Params(NamedTuple):
 
     lam: ridge lambda (absolute, added to K^T K). eta: delta-rule step relative to
     1/||k||^2 (eta = 1 is the classic normalised rule). passes: delta-rule epochs.
+    min_norm: the pinv rule solves n < d pairs by the dual (the minimum-norm solution); False
+    makes it the ridge rule at ``lam`` (so a sweep runs pinv and ridge cells in one program).
     """
 
     lam: jax.Array | float = 0.0  # pinv is ridge at lambda = 0; in the accumulation dtype (1e300 is valid)
     eta: jax.Array | float = names.default("eta")
     passes: jax.Array | int = names.default("passes")
+    min_norm: jax.Array | bool = True
 
 
 class Written(NamedTuple):
@@ -152,11 +155,19 @@ def default_method() -> str:
 
 def _ls_init(w: Writer, params: Params):
     if w.uses_qr:
-        # Starting from R11 = sqrt(lam) I solves ridge: the QR of K stacked on sqrt(lam) I.
-        lam = params.lam if w.rule == "ridge" else 0.0
-        eye = jnp.sqrt(jnp.asarray(lam, w.dtype)) * jnp.eye(w.d, dtype=w.dtype)
+        # Starting from R11 = sqrt(lam) I solves ridge: the QR of K stacked on sqrt(lam) I
+        # (pinv: lam = 0, the minimum-norm solution by the cut-off in _qr_solve).
+        eye = jnp.sqrt(jnp.asarray(ridge_lam(w, params), w.dtype)) * jnp.eye(w.d, dtype=w.dtype)
         return jnp.zeros((w.d + w.dv, w.d + w.dv), w.dtype).at[:w.d, :w.d].set(eye)
     return jnp.zeros((w.d, w.d + w.dv), w.wide)  # [K^T K | K^T V]
+
+
+def ridge_lam(w: Writer, params: Params):
+    """The lambda a least-squares rule adds: ridge's; pinv's is 0 unless it runs as ridge
+    (params.min_norm False)."""
+    if w.rule == "ridge":
+        return params.lam
+    return jnp.where(jnp.asarray(params.min_norm, bool), 0.0, params.lam)
 
 
 def _ls_update(w: Writer, state, K, V, precise, params):
@@ -170,7 +181,8 @@ def _ls_update(w: Writer, state, K, V, precise, params):
 
 
 def _ls_finalize(ridge: bool):
-    """finalize of pinv (minimum norm: the dual solve below d pairs) or ridge (lam added)."""
+    """finalize of pinv (minimum norm: the dual solve below d pairs, unless params.min_norm is
+    False: then ridge at params.lam) or ridge (lam added)."""
     def finalize(w: Writer, state, n, params, first: First) -> Written:
         if w.uses_qr:
             return Written(_qr_solve(state, w.d, w.dtype), jnp.bool_(True), jnp.int32(QR))
@@ -178,7 +190,9 @@ def _ls_finalize(ridge: bool):
         if ridge:
             W, ok = _cholesky_solve(gram + params.lam * jnp.eye(w.d, dtype=w.wide), cross)
             return Written(W, ok, jnp.int32(PRIMAL), gram, cross)
-        W, ok, how = lax.cond(n >= w.d, lambda: (*_cholesky_solve(gram, cross), jnp.int32(PRIMAL)),
+        lam = ridge_lam(w, params)  # 0 for pinv proper: adding it changes no bit
+        primal = lambda: (*_cholesky_solve(gram + lam * jnp.eye(w.d, dtype=w.wide), cross), jnp.int32(PRIMAL))
+        W, ok, how = lax.cond((n >= w.d) | ~jnp.asarray(params.min_norm, bool), primal,
                               lambda: (*_dual_solve(first, n, w.d, w.wide), jnp.int32(DUAL)))
         # W stays in the accumulation dtype: rounding it to float32 alone would cost cond(K) * eps.
         return Written(W, ok, how, gram, cross)
@@ -341,7 +355,7 @@ def _write_arrays(rule, K, V, params, method):
     state, _ = fold(w, source, n, params)
     written = finalize(w, state, n, params, First(Kp, Vp, jnp.arange(rows) < n))
     if w.can_fall_back:
-        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, params.lam))
+        written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, ridge_lam(w, params)))
     return written.W.astype(dtype)
 
 

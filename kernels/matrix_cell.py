@@ -112,7 +112,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     first = matrix.First(head[:, :f.d], head[:, f.d:], jnp.arange(first_chunks * chunk) < n)
     written = matrix.finalize(w, state, n, params, first)
     if f.fallback and w.can_fall_back:
-        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, params.lam))
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, matrix.ridge_lam(w, params)))
     W = written.W
     W_low = W.astype(dtype)  # cast once, outside the loop
     if matrix.RULES[f.rule].least_squares:
@@ -166,7 +166,7 @@ def matrix_flops(rule: str, n: int, d: int, dv: int, queries: int, passes: int =
     return float(matrix.RULES[rule].write_flops(n, d, dv, passes) + 2 * n * d * dv + 2 * min(n, queries) * n * dv)
 
 
-def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask=0.0):
+def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask=0.0, min_norm=True):
     """The dynamic arguments of run_matrix_cell with the dtypes its compiled program expects,
     so the same program serves every cell of a family (a Python int would compile as int64
     under x64)."""
@@ -175,6 +175,6 @@ def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask
         raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
     return (jnp.asarray(n, jnp.int32), metrics.scalar(noise, dtype),
             matrix.Params(metrics.scalar(lam, metrics.accumulate_dtype(dtype)), metrics.scalar(eta, dtype),
-                          jnp.asarray(passes, jnp.int32)),
+                          jnp.asarray(passes, jnp.int32), jnp.asarray(min_norm, bool)),
             metrics.scalar(mask, dtype))
 

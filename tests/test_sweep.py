@@ -218,3 +218,22 @@ def test_scaled_dot_cells_share_the_dot_program_and_match_their_own(tmp_path):
             for column in ("cos_mean", "dist_mean", "acc"):
                 np.testing.assert_allclose(cell_rows.sort_values("seed")[column], np.asarray(getattr(own, column)),
                                            rtol=1e-5, atol=1e-6, err_msg=f"{separation} heads={heads} n={n}")
+
+
+def test_ridge_cells_share_the_pinv_program_and_match_their_own(tmp_path):
+    """A ridge cell runs in the pinv family (pinv at lam with min_norm False is ridge): one
+    compiled program per d for both, and every row matches the cell run in a ridge program."""
+    spec = SweepSpec(kernels=("pinv", "ridge"), d=(16,), n=(8, 16, 64), seeds=2, lam=(0.5, 3.0), noise=(0.1,))
+    df, manifest = _run(spec, tmp_path)
+    assert (df["status"] == "ok").all() and manifest["compiled_programs"] == 1
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    for kernel, lam in (("pinv", 0.0), ("ridge", 0.5), ("ridge", 3.0)):
+        family = kernels.MatrixFamily(kernel, 16, 16, "gaussian", noisy=True, chunk=kernels.default_chunk(16, 16))
+        rows = df[(df["kernel"] == kernel) & ((df["lam"] == lam) if kernel == "ridge" else df["lam"].isna())]
+        for n, cell_rows in rows.groupby("n"):
+            own = kernels.run_matrix_cell(family, seeds, *kernels.matrix_args(family, int(n), 0.1, lam))
+            for column in ("cos_mean", "dist_mean", "acc"):
+                np.testing.assert_allclose(cell_rows.sort_values("seed")[column], np.asarray(getattr(own, column)),
+                                           rtol=1e-9, atol=1e-12, err_msg=f"{kernel} lam={lam} n={n}")
+            expected = "gram64-dual-cholesky" if kernel == "pinv" and n < 16 else "gram64-cholesky"
+            assert (cell_rows["method"] == expected).all()
