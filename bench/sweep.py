@@ -33,7 +33,7 @@ from bench.spec import GLOVE_WORDS, Cell, SpecError, SweepSpec
 # A run's working set is estimated from the arrays it holds; XLA temporaries add to that.
 _MEMORY_HEADROOM = 2.0
 # Bytes per device a family's cache of drawn pairs may take (less where the device has less).
-KEEP_BYTES = 768 * 2**20
+KEEP_BYTES = 2**30  # 1 GiB: the default run's d = 1024 families (3 seeds, n <= 2^15: 805 MB) keep theirs
 # XLA:CPU's loop-fusion emitters compile a cell program about 2x slower than its older ones
 # (1.8 s against 0.9 s for a d = 1024 matrix family here) and run large cells about 15%
 # faster: a family whose largest cell needs less than this many FLOPs per device (about
