@@ -458,20 +458,22 @@ def cell_flops(cell: Cell) -> float:
 
 def split_cells(spec: SweepSpec, finished: set[str], processes: int) -> tuple[Callable[[Cell], int], list[float]]:
     """The process each unfinished cell of a grid runs on, and each process's estimated seconds:
-    whole families (a setting with its every n) go to one process, so each family compiles
-    once, balanced by estimated cost (bench.cluster.split). Every process computes the same."""
+    whole families (every cell one compiled program serves: a setting with its every n, and
+    the settings that share a family, such as pinv and ridge) go to one process, so each family
+    compiles once, balanced by estimated cost (bench.cluster.split). Every process computes
+    the same."""
     from bench import cluster
 
-    costs: dict[Cell, float] = {}
+    costs: dict[Family, float] = {}
     for cell in spec.cells(auto_method=kernels.default_method()):
         if cell.id in finished:
             continue
-        setting = dataclasses.replace(cell, n=0)
+        family = family_of(cell)
         flops = spec.seeds * cell_flops(cell)
-        costs[setting] = costs.get(setting, cluster.COMPILE_S) + flops / cluster.NOMINAL_FLOPS_PER_S
+        costs[family] = costs.get(family, cluster.COMPILE_S) + flops / cluster.NOMINAL_FLOPS_PER_S
     items = list(costs.items())
     owner = cluster.split(items, processes)
-    return (lambda cell: owner.get(dataclasses.replace(cell, n=0), 0)), cluster.loads(items, owner, processes)
+    return (lambda cell: owner.get(family_of(cell), 0)), cluster.loads(items, owner, processes)
 
 
 def _base_row(cell: Cell, run_id: str, cell_id: str) -> dict[str, Any]:
