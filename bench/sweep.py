@@ -272,14 +272,11 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     def prefetch(cells: list[Cell]) -> None:
         """Compile every family the run will need, in order, in the background."""
         seen: set = set()
-        for cell in cells:
-            if cell.separation == "topk" and cell.topk > cell.n:
-                continue  # skipped, never run
+        runnable = [c for c in cells if not (c.separation == "topk" and c.topk > c.n)]  # the rest are skipped
+        for cell in runnable:
             f = family(cell)
             largest_flops[f] = max(largest_flops.get(f, 0.0), cell_flops(cell) * per_device)
-        for cell in cells:
-            if cell.separation == "topk" and cell.topk > cell.n:
-                continue
+        for cell in runnable:
             f = family(cell)
             if f in seen:
                 continue
