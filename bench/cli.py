@@ -78,6 +78,20 @@ def _int_list(text: str):
 MAX_EXPONENT = 62
 
 
+def _yes_no_list(text: str):
+    """Comma-separated yes / no (true / false, on / off, 1 / 0) as booleans."""
+    words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    out = []
+    for item in text.split(","):
+        if item.strip().lower() not in words:
+            raise argparse.ArgumentTypeError(f"{item!r} is not yes or no; give no, yes or no,yes")
+        out.append(words[item.strip().lower()])
+    return tuple(out)
+
+
+_yes_no_list.__name__ = "list of yes/no"
+
+
 def _exponent(text: str) -> int:
     """The k of 2^k: ValueError when it is no whole number >= 0, OverflowError beyond MAX_EXPONENT."""
     text = text.strip()
@@ -131,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--form", type=_csv(str), help="tree forms: cartesian,independent,collision,random,dag (default all)")
     t.add_argument("--depth", type=_int_list, help="levels of keys, 1..8 (default 2,3,4)")
     t.add_argument("--branching", type=_int_list, help="keys per node (default 4,8)")
+    t.add_argument("--vary-branching", type=_yes_no_list, dest="vary_branching",
+                   help="no: every node holds --branching keys; yes: each node below the root draws 1..branching; "
+                        "both: no,yes (default no)")
     t.add_argument("--collision", type=_csv(float),
                    help="fractions of keys that coincide across parents (forms collision, random; default 1)")
+    t.add_argument("--sharing", type=_csv(float),
+                   help="fractions of nested values that reuse a sub-dictionary of another parent (form dag; "
+                        "default 0.5)")
     t.add_argument("--mode", type=_csv(str),
                    help="readers: soft,sparse,topk (level by level), flat_attention,flat_pinv (composite keys), stacked "
                         "(default all)")
@@ -245,7 +265,7 @@ def _check_cluster_flags(args: argparse.Namespace) -> None:
 # Flags of the memory grid that a nested sweep does not read, and the nested sweep's own.
 GRID_ONLY = ("kernels", "n", "noise", "patterns", "mask", "method", "capacity", "threshold", "max_n", "dv",
              *(k for k in KNOBS if k not in ("similarity", "beta", "topk")))
-NESTED_ONLY = ("form", "depth", "branching", "collision", "mode", "composition")
+NESTED_ONLY = ("form", "depth", "branching", "vary_branching", "collision", "sharing", "mode", "composition")
 
 
 def _check_flag_combinations(spec: SweepSpec, overrides: dict[str, Any]) -> None:
@@ -257,7 +277,7 @@ def _check_flag_combinations(spec: SweepSpec, overrides: dict[str, Any]) -> None
         return
     given = [f for f in NESTED_ONLY if f in overrides]
     if given:
-        raise SpecError(f"--{given[0]} applies to nested dictionaries; add --nested")
+        raise SpecError(f"--{given[0].replace('_', '-')} applies to nested dictionaries; add --nested")
     given = [f for f in ATTENTION_FLAGS if f in overrides]
     if given and "attention" not in spec.kernels:
         raise SpecError(f"--{given[0]} applies to attention memories; add attention to --kernels")

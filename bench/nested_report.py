@@ -46,14 +46,26 @@ def _given(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+# What makes a tree shape (columns of a nested row); older runs lack the last two (read as the
+# settings they ran at: sharing 0.5 in the dag form, fixed branching).
+SHAPE = ["form", "depth", "branching", "collision", "sharing", "vary_branching", "d"]
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (reader, form, depth, branching, collision, d), ok rows only."""
+    """Mean over seeds per reader and tree shape (SHAPE), ok rows only."""
     ok = df[(df["kernel"] == "nested") & (df["status"] == "ok")].copy()
+    for column in ("sharing", "vary_branching", "path_hit", "path_hit_theory", "path_hit_theory_low"):
+        if column not in ok:
+            ok[column] = None
+    ok["vary_branching"] = ok["vary_branching"].fillna(False).astype(bool)
+    ok["sharing"] = np.where(ok["form"] == "dag", ok["sharing"].astype(float).fillna(0.5), np.nan)
     ok["reader"] = [reader_name(r) for _, r in ok.iterrows()]
-    keys = ["reader", "mode", "beta", "topk", "composition", "form", "depth", "branching", "collision", "d"]
+    keys = ["reader", "mode", "beta", "topk", "composition", *SHAPE]
     return ok.groupby(keys, dropna=False, sort=True).agg(
         n=("n", "mean"), acc=("acc", "mean"), cos=("cos_mean", "mean"), path_mass=("path_mass", "mean"),
         path_mass_theory=("path_mass_theory", "mean"), theory_acc=("theory_acc", "mean"),
+        path_hit=("path_hit", "mean"), path_hit_theory=("path_hit_theory", "mean"),
+        path_hit_theory_low=("path_hit_theory_low", "mean"), theory_cos=("theory_cos", "mean"),
         read_s=("read_s", "median"), flops=("flops", "mean"), compile_s=("compile_s", "sum"),
         seeds=("seed", "count")).reset_index()
 
@@ -168,38 +180,56 @@ def _capacity_figure(cap: pd.DataFrame) -> Figure:
                    accuracy=False)
 
 
+# The quantities nested.theory predicts, in the order of the theory figure's panels.
+THEORY_QUANTITIES = ("soft: weight on the true path", "top-1: accuracy", "top-k (k > 1): beam keeps the path",
+                     "flat pinv: cosine (leverage)")
+# How far outside the top-k bracket a mean over seeds may fall and still count as inside it.
+BRACKET_SLACK = 0.02
+
+
 def theory_table(s: pd.DataFrame) -> pd.DataFrame:
-    """Measured against theory: the soft read's weight on the true path (mean field, p^m) and
-    top-1's accuracy (s^m), per shape, with the relative error."""
+    """Measured against theory, per shape: the soft read's weight on the true path (mean field,
+    p^m), top-1's accuracy (s^m, exact), the share of paths a wider beam keeps (between the
+    pessimistic and the sibling-only product: ``low``, ``theory``) and the flat pinv memory's
+    cosine (the mean sqrt(leverage) of its paths); the relative error against ``theory``."""
+    picks = ((THEORY_QUANTITIES[0], "path_mass_theory", "path_mass", None),
+             (THEORY_QUANTITIES[1], "theory_acc", "acc", None),
+             (THEORY_QUANTITIES[2], "path_hit_theory", "path_hit", "path_hit_theory_low"),
+             (THEORY_QUANTITIES[3], "theory_cos", "cos", None))
     rows = []
-    soft = s[s["path_mass_theory"].notna()]
-    for _, r in soft.iterrows():
-        rows.append(dict(quantity="soft: weight on the true path", form=r["form"], depth=r["depth"],
-                         branching=r["branching"], d=r["d"], beta=r["beta"], measured=r["path_mass"],
-                         theory=r["path_mass_theory"]))
-    greedy = s[s["theory_acc"].notna()]
-    for _, r in greedy.iterrows():
-        rows.append(dict(quantity="top-1: accuracy", form=r["form"], depth=r["depth"], branching=r["branching"],
-                         d=r["d"], beta=r["beta"], measured=r["acc"], theory=r["theory_acc"]))
+    for quantity, theory, measured, low in picks:
+        g = s[s[theory].notna() & s[measured].notna()]
+        if quantity == THEORY_QUANTITIES[2]:
+            g = g[g["topk"] > 1]
+        for _, r in g.iterrows():
+            rows.append(dict(quantity=quantity, reader=r["reader"], form=r["form"], depth=r["depth"],
+                             branching=r["branching"], d=r["d"], beta=r["beta"], measured=r[measured],
+                             theory=r[theory], low=r[low] if low else r[theory]))
     out = pd.DataFrame(rows)
     if len(out):
         out["relative_error"] = (out["measured"] - out["theory"]) / out["theory"]
+        out["inside"] = (out["measured"] >= out["low"] - BRACKET_SLACK) & (out["measured"] <= out["theory"] +
+                                                                            BRACKET_SLACK)
     return out
 
 
 def _theory_figure(t: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(11, 4.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, quantity in zip(axes, ("soft: weight on the true path", "top-1: accuracy")):
+    fig = Figure(figsize=(20, 4.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(THEORY_QUANTITIES))
+    for ax, quantity in zip(axes, THEORY_QUANTITIES):
         g = t[t["quantity"] == quantity]
+        if len(g) and (g["low"] != g["theory"]).any():
+            ax.errorbar(g["theory"], g["measured"], xerr=[g["theory"] - g["low"], 0 * g["theory"]], fmt="none",
+                        ecolor="lightgrey", zorder=1)
         if len(g):
-            ax.scatter(g["theory"], g["measured"], s=14, c=np.log2(g["d"]), cmap="viridis")
+            ax.scatter(g["theory"], g["measured"], s=14, c=np.log2(g["d"]), cmap="viridis", zorder=2)
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
         ax.set_xlabel("theory")
         ax.set_ylabel("measured (mean over seeds)")
         ax.set_title(quantity)
         ax.grid(True, alpha=0.3)
-    fig.suptitle("Theory against measurement (nested.theory; colour: log2 d)")
+    fig.suptitle("Theory against measurement (nested.theory; colour: log2 d; top-k: the bar reaches down to "
+                 "the pessimistic product)")
     return fig
 
 
@@ -238,10 +268,39 @@ def _learning_figure(curves: pd.DataFrame) -> Figure:
     return fig
 
 
+def base_shapes(s: pd.DataFrame) -> pd.DataFrame:
+    """The rows the per-axis figures draw: fixed branching and the dag form's default sharing
+    where a run also varied them (their effect has a table of its own: varied_axes)."""
+    if (~s["vary_branching"]).any():
+        s = s[~s["vary_branching"]]
+    dag = s["form"] == "dag"
+    if dag.any():
+        keep = 0.5 if (s.loc[dag, "sharing"] == 0.5).any() else s.loc[dag, "sharing"].min()
+        s = s[~dag | (s["sharing"] == keep)]
+    return s
+
+
+def varied_axes(s: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Accuracy per reader against the axes a run varied beyond the figures' base shapes: the
+    dag form's sharing fraction and fixed against drawn branching (means over the other axes)."""
+    out = []
+    dag = s[s["form"] == "dag"]
+    if dag["sharing"].nunique() > 1:
+        out.append(("Sharing: accuracy per reader against the fraction of shared sub-dictionaries (dag form)",
+                    dag.pivot_table(index="reader", columns="sharing", values="acc", aggfunc="mean").reset_index()))
+    if s["vary_branching"].nunique() > 1:
+        t = s.pivot_table(index="reader", columns="vary_branching", values="acc", aggfunc="mean")
+        t.columns = ["fixed branching" if not v else "drawn 1..branching" for v in t.columns]
+        out.append(("Drawn branching: accuracy per reader, every node holding --branching keys against nodes "
+                    "drawing 1..branching", t.reset_index()))
+    return out
+
+
 def draw_all(run: rundir.Run, s: pd.DataFrame, curves: pd.DataFrame) -> list[Path]:
     fig_dir = run.figures_dir
     fig_dir.mkdir(exist_ok=True)
     written = []
+    every, s = s, base_shapes(s)
     form = _reference_form(s)
     d = int(s["d"].max())
     betas = sorted(set(s["beta"].dropna())) or [None]
@@ -253,17 +312,18 @@ def draw_all(run: rundir.Run, s: pd.DataFrame, curves: pd.DataFrame) -> list[Pat
         written.append(save_figure(_axis_figure(at, "branching", "depth", f"Accuracy against branching ({form} form, "
                                                 f"d = {d}, {tag})"), fig_dir / f"nested_accuracy_vs_branching_{tag}"))
     top = betas[-1]
+    at_top = f", beta {top:g}" if top is not None else ""  # readers without beta (flat_pinv alone) have none
     pair = _readers_at(s[s["form"].isin(["independent", "collision"]) & (s["d"] == d)], top)
     if pair["form"].nunique() == 2:
         b = int(pair["branching"].max())
         written.append(save_figure(_collision_figure(pair[pair["branching"] == b], (
             f"The collision effect: inner keys shared across parents (collision, dotted) against fresh keys "
-            f"(independent, solid); d = {d}, branching {b}, beta {top:g}")), fig_dir / "nested_collision_effect"))
+            f"(independent, solid); d = {d}, branching {b}{at_top}")), fig_dir / "nested_collision_effect"))
     written.append(save_figure(_size_figure(_readers_at(s, top), f"Hierarchical (solid) against flat (dashed) at equal "
-                                            f"memory: every form and shape, beta {top:g}"),
+                                            f"memory: every form and shape{at_top}"),
                                fig_dir / "nested_hierarchical_vs_flat"))
     written.append(save_figure(_capacity_figure(capacity(_readers_at(s, top))), fig_dir / "nested_capacity_vs_d"))
-    t = theory_table(s)
+    t = theory_table(every)
     if len(t):
         written.append(save_figure(_theory_figure(t), fig_dir / "nested_theory"))
     written.append(save_figure(_learning_figure(curves), fig_dir / "nested_learning"))
@@ -271,14 +331,14 @@ def draw_all(run: rundir.Run, s: pd.DataFrame, curves: pd.DataFrame) -> list[Pat
 
 
 def winners(s: pd.DataFrame) -> pd.DataFrame:
-    """Per tree shape (form, depth, branching, collision, d): the most accurate reader (ties:
-    the fastest read), its accuracy, and the best hierarchical and flat accuracies."""
+    """Per tree shape (SHAPE): the most accurate reader (ties: the fastest read), its accuracy,
+    and the best hierarchical and flat accuracies."""
     rows = []
-    for key, g in s.groupby(["form", "depth", "branching", "collision", "d"], sort=True):
+    for key, g in s.groupby(SHAPE, sort=True, dropna=False):
         g = g.sort_values(["acc", "read_s"], ascending=[False, True])
         hier = g[g["mode"].isin(("soft", "sparse", "topk"))]
         flat = g[~g["mode"].isin(("soft", "sparse", "topk"))]
-        rows.append(dict(zip(["form", "depth", "branching", "collision", "d"], key), winner=g["reader"].iloc[0],
+        rows.append(dict(zip(SHAPE, key), winner=g["reader"].iloc[0],
                          acc=g["acc"].iloc[0], paths=g["n"].iloc[0],
                          best_hierarchical=hier["acc"].max() if len(hier) else math.nan,
                          best_flat=flat["acc"].max() if len(flat) else math.nan))
@@ -355,18 +415,31 @@ def document(run: rundir.Run, s: pd.DataFrame, curves: pd.DataFrame) -> list[Blo
                                  "computes; compile_s is summed over the reader's programs at every size."),
               Block("table", as_text(timing)),
               Block("heading", f"Capacity: the largest tree read at accuracy >= {CAPACITY_ACC}"),
-              Block("table", as_text(capacity(s)))]
+              Block("table", as_text(capacity(base_shapes(s))))]
+    for title, table in varied_axes(s):
+        blocks += [Block("heading", title), Block("table", as_text(table))]
     if len(t):
+        beam = t[t["quantity"] == THEORY_QUANTITIES[2]]
+        inside = (f" The beam's measured share lies inside its bracket (+-{BRACKET_SLACK}) on "
+                  f"{int(beam['inside'].sum())} of {len(beam)} shapes." if len(beam) else "")
         blocks += [Block("heading", "Theory against measurement"),
                    Block("paragraph", "Soft: mean-field weight on the true path p^m, p = 1 / (1 + (b - 1) exp(beta^2 / "
-                                      "2d - beta)). Top-1: s^m, s = E[Phi(sqrt(x))^(b - 1)], x ~ chi2(d) "
-                                      "(nested.theory). Both for dot-product scores of exact queries; the mean field "
-                                      "holds where the siblings' sum concentrates (large b, beta small against "
-                                      "sqrt(d)). |relative error|, median / largest: " + "; ".join(
+                                      "2d - beta)). Top-1: the product over the path's levels of s(c) = "
+                                      "E[Phi(sqrt(x))^c], x ~ chi2(d), c the competing siblings (those that nest "
+                                      "above the last key, every other slot at it). A beam of k: between the "
+                                      "product of s_k(c) = E[P(Binomial(c, 1 - Phi(sqrt(x))) <= k - 1)] (its "
+                                      "siblings only: an upper bound) and the same with every beam candidate a "
+                                      "sibling (pessimistic). Flat pinv: mean of sqrt(h_i), h_i the leverage of "
+                                      "path i among the P stored composite keys C (at most sqrt(rank C / P); every "
+                                      "path exact when rank C = P, the flat memory's bundling capacity; forms whose "
+                                      "paths have values of their own). The first three for dot-product scores of exact queries "
+                                      "(nested.theory); the mean field holds where the siblings' sum concentrates "
+                                      "(large b, beta small against sqrt(d)). |relative error| to the (upper) "
+                                      "theory, median / largest: " + "; ".join(
                                           f"{q} {g.abs().median():.3f} / {g.abs().max():.3f}"
-                                          for q, g in t.groupby("quantity")["relative_error"]) + "."),
+                                          for q, g in t.groupby("quantity")["relative_error"]) + "." + inside),
                    Block("table", as_text(t.groupby(["quantity", "depth", "branching", "d", "beta"], dropna=False)[
-                       ["measured", "theory", "relative_error"]].mean().reset_index()))]
+                       ["measured", "theory", "low", "relative_error"]].mean().reset_index()))]
     blocks += [Block("heading", "Learning through the read"),
                Block("paragraph", "A linear projection of the query path learned by Adam (nested.learn) so that rotated "
                                   "collision-form paths retrieve their own leaf; loss and accuracy at the first and "

@@ -44,6 +44,12 @@ READS_COMPOSITION = ("flat_attention", "flat_pinv")
 # the nearest-value scan stay well under a GiB (the perf test reads a million leaves directly).
 MAX_SLOTS = 2**18
 KERNEL = "nested"
+DEFAULT_SHARING = 0.5
+# Forms whose every stored path has a value of its own (cartesian repeats inner values, a DAG
+# reaches one value by several paths): where the flat pinv memory's theory holds.
+DISTINCT_VALUES = ("independent", "collision", "random")
+# Forms whose keys are fresh in every node: where the beam's bracket (k > 1) holds.
+FRESH_KEYS = ("independent", "dag")
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,20 @@ class NestedCell:
     k: int | None
     queries: int
     dtype: str
+    # dag form: the fraction of nested values that reuse another parent's sub-dictionary (None
+    # for the other forms); vary_branching: nodes below the root draw 1..branching keys.
+    sharing: float | None = None
+    vary_branching: bool = False
 
     @property
     def id(self) -> str:
-        blob = json.dumps({"kernel": KERNEL, **dataclasses.asdict(self)}, sort_keys=True)
+        setting = dataclasses.asdict(self)
+        # Cells at the settings every run had before these were axes keep their ids (resume).
+        if setting["sharing"] in (None, DEFAULT_SHARING):
+            del setting["sharing"]
+        if not setting["vary_branching"]:
+            del setting["vary_branching"]
+        blob = json.dumps({"kernel": KERNEL, **setting}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def reader(self) -> str:
@@ -75,7 +91,9 @@ class NestedCell:
         return " ".join([self.mode.replace("_", " "), *extra])
 
     def label(self) -> str:
-        return (f"nested {self.form} depth={self.depth} b={self.branching} collision={self.collision:g} d={self.d} "
+        shape = f"b=1..{self.branching}" if self.vary_branching else f"b={self.branching}"
+        shared = f" sharing={self.sharing:g}" if self.sharing is not None else ""
+        return (f"nested {self.form} depth={self.depth} {shape} collision={self.collision:g}{shared} d={self.d} "
                 f"{self.reader()}")
 
 
@@ -94,13 +112,22 @@ def cells(spec) -> list[NestedCell]:
                     for composition in (spec.composition if mode in READS_COMPOSITION else (None,)):
                         for beta in (spec.beta if mode in READS_BETA else (None,)):
                             for k in (spec.topk if mode == "topk" else (None,)):
-                                for form in spec.form:
-                                    for collision in (spec.collision if form in ("collision", "random") else (0.0,)):
-                                        out.append(NestedCell(form, depth, branching, collision, d, mode, composition,
-                                                              spec.similarity[0], beta, k,
-                                                              min(spec.acc_queries, max_slots(depth, branching)),
-                                                              spec.dtype))
+                                for form, collision, sharing, vary in _shapes(spec):
+                                    out.append(NestedCell(form, depth, branching, collision, d, mode, composition,
+                                                          spec.similarity[0], beta, k,
+                                                          min(spec.acc_queries, max_slots(depth, branching)),
+                                                          spec.dtype, sharing, vary))
     return out
+
+
+def _shapes(spec):
+    """(form, collision, sharing, vary_branching) of every tree a spec asks for: collision only
+    where the form reads it (collision, random), sharing only for dag."""
+    for form in spec.form:
+        for collision in (spec.collision if form in ("collision", "random") else (0.0,)):
+            for sharing in (spec.sharing if form == "dag" else (None,)):
+                for vary in spec.vary_branching:
+                    yield form, collision, sharing, vary
 
 
 def check(spec) -> None:
@@ -132,15 +159,18 @@ class SeedData(NamedTuple):
     targets: np.ndarray     # (q,) value ids
     slots: np.ndarray       # (q,) target slots (unpadded numbering)
     stored: tuple           # every readable path: (paths (P, depth, d), lengths (P,), value ids (P,))
+    competitors: np.ndarray  # (q, depth) nested.build.path_competitors of the queried paths
 
 
 @lru_cache(maxsize=128)  # every reader of a tree shape reuses its seeds' trees
-def seed_data(form: str, depth: int, branching: int, collision: float, d: int, queries: int, seed: int) -> SeedData:
+def seed_data(form: str, depth: int, branching: int, collision: float, d: int, queries: int, seed: int,
+              sharing: float | None = None, vary_branching: bool = False) -> SeedData:
     """The tree, codebooks and queries of one seed (shared by every reader of the cell)."""
     from nested import build, generate
 
-    tree = build.compile_tree(generate.generate(generate.TreeSpec(form, depth=depth, branching=branching,
-                                                                  collision=collision, sharing=0.5, seed=seed)))
+    tree = build.compile_tree(generate.generate(generate.TreeSpec(
+        form, depth=depth, branching=branching, vary_branching=vary_branching, collision=collision,
+        sharing=DEFAULT_SHARING if sharing is None else sharing, seed=seed)))
     K = build.gaussian_codebook(tree.key_symbols, d, 2 * seed)
     V = build.gaussian_codebook(tree.value_symbols, d, 2 * seed + 1)
     count = len(tree.paths)
@@ -148,7 +178,8 @@ def seed_data(form: str, depth: int, branching: int, collision: float, d: int, q
     chosen = np.arange(count) if count <= queries else np.sort(rng.choice(count, queries, replace=False))
     stored = build.query_paths(tree, K)
     paths, lengths, targets = (x[chosen] for x in stored)
-    return SeedData(tree, K, V, chosen, paths, lengths, targets, build.target_slots(tree, chosen), stored)
+    return SeedData(tree, K, V, chosen, paths, lengths, targets, build.target_slots(tree, chosen), stored,
+                    build.path_competitors(tree, chosen))
 
 
 class Family(NamedTuple):
@@ -252,7 +283,8 @@ def read_program(f: Family) -> Callable:
 def score(out, weight, x):
     """Metrics of one seed over its valid queries, in float64 where JAX has it: cosine and
     distance to the true value, nearest-value accuracy, the baseline cosine of two different
-    paths' true values, and the mean weight on the true path."""
+    paths' true values, the mean weight on the true path and the share of queries that give
+    it any weight (top-k: the beam kept it; sparse: it is in the support)."""
     import jax
     import jax.numpy as jnp
 
@@ -280,7 +312,7 @@ def score(out, weight, x):
     return dict(cos_mean=cmean, cos_std=jnp.sqrt(jnp.maximum(mean(c * c) - cmean**2, 0.0)), dist_mean=mean(dist),
                 acc=mean((nearest == x["targets"]).astype(wide)), baseline_cos=mean(base_cos),
                 baseline_dist=mean(base_dist), path_mass=mean(weight.astype(wide)),
-                acc_queries=valid.sum())
+                path_hit=mean((weight > 0).astype(wide)), acc_queries=valid.sum())
 
 
 def read_flops(f: Family, data: SeedData) -> float:
@@ -299,20 +331,39 @@ def read_flops(f: Family, data: SeedData) -> float:
     return float(q * f.depth * 2 * f.slots * 2 * d)
 
 
-def theory_values(cell: NestedCell, data: SeedData) -> tuple[float | None, float | None]:
-    """(weight on the true path, accuracy) where nested.theory knows them: the soft read's
-    mean-field p^m and greedy top-1's s^m, averaged over the queried paths (dot-product scores,
-    exact queries); None elsewhere."""
-    from nested import theory
+class Theory(NamedTuple):
+    """What nested.theory predicts for one seed's queries (None where it does not hold)."""
 
+    path_mass: float | None = None      # soft: mean-field weight on the true path
+    acc: float | None = None            # top-1: the probability greedy selection reads the path
+    hit: float | None = None            # top-k: the beam keeps the path (upper bound; exact at k = 1)
+    hit_low: float | None = None        # top-k: the same, every candidate a sibling (pessimistic)
+    cos: float | None = None            # flat pinv: the mean sqrt(leverage) of the queried paths
+
+
+def theory_values(cell: NestedCell, data: SeedData, seed: int) -> Theory:
+    """nested.theory for one seed, averaged over the queried paths: dot-product scores of
+    exact queries over Gaussian keys for the selective readers, and any scores for the flat
+    pinv memory (a property of its stored keys)."""
+    from nested import flat, theory
+
+    if cell.mode == "flat_pinv":
+        if cell.form not in DISTINCT_VALUES:
+            return Theory()
+        paths, lengths, _ = data.stored
+        return Theory(cos=theory.flat_pinv(flat.compose(paths, lengths, cell.composition, seed), data.chosen).cos)
     if cell.similarity != "dot":
-        return None, None
+        return Theory()
     if cell.mode == "soft":
-        return float(np.mean([theory.true_path_weight(int(m), cell.branching, cell.d, cell.beta)
-                              for m in data.lengths])), None
-    if cell.mode == "topk" and cell.k == 1:
-        return None, float(np.mean([theory.greedy_path_hit(int(m), cell.branching, cell.d) for m in data.lengths]))
-    return None, None
+        return Theory(path_mass=float(np.mean([theory.true_path_weight(int(m), cell.branching, cell.d, cell.beta)
+                                               for m in data.lengths])))
+    if cell.mode == "topk":
+        if cell.k > 1 and cell.form not in FRESH_KEYS:
+            return Theory()
+        hit = float(np.mean([theory.beam_path_hit(c, cell.d, cell.k) for c in data.competitors]))
+        low = float(np.mean([theory.beam_path_hit(c, cell.d, cell.k, pessimistic=True) for c in data.competitors]))
+        return Theory(acc=hit if cell.k == 1 else None, hit=hit, hit_low=low)
+    return Theory()
 
 
 class _Compiled:
@@ -345,15 +396,16 @@ def measure(cell: NestedCell, seeds: int, programs: _Compiled, run_id: str) -> l
 
     base = dict(run_id=run_id, cell_id=cell.id, kernel=KERNEL, patterns="gaussian", dtype=cell.dtype, d=cell.d,
                 dv=cell.d, noise=0.0, similarity=cell.similarity, beta=cell.beta, topk=cell.k, form=cell.form,
-                depth=cell.depth, branching=cell.branching, collision=cell.collision, mode=cell.mode,
-                composition=cell.composition, method=cell.mode)
+                depth=cell.depth, branching=cell.branching, collision=cell.collision, sharing=cell.sharing,
+                vary_branching=cell.vary_branching, mode=cell.mode, composition=cell.composition, method=cell.mode)
     f = family_of(cell)
     rows = []
     try:
         beta = jnp.asarray(cell.beta if cell.beta is not None else 1.0, cell.dtype)
         compile_s = 0.0
         for seed in range(seeds):
-            data = seed_data(cell.form, cell.depth, cell.branching, cell.collision, cell.d, cell.queries, seed)
+            data = seed_data(cell.form, cell.depth, cell.branching, cell.collision, cell.d, cell.queries, seed,
+                             cell.sharing, cell.vary_branching)
             x = jax.device_put(inputs(f, data, seed, np.dtype(cell.dtype)))
             reader, scorer, took = programs.get(f, x, beta)
             compile_s += took
@@ -362,14 +414,18 @@ def measure(cell: NestedCell, seeds: int, programs: _Compiled, run_id: str) -> l
             read_s = time.perf_counter() - start
             values = {k: float(v) for k, v in scorer(out, weight, x).items()}
             run_s = time.perf_counter() - start
-            mass_theory, acc_theory = theory_values(cell, data)
+            theory = theory_values(cell, data, seed)
             flops = read_flops(f, data)
-            finite = all(math.isfinite(v) for k, v in values.items() if k != "path_mass")
+            selective = cell.mode in HIERARCHICAL
+            finite = all(math.isfinite(v) for k, v in values.items() if k not in ("path_mass", "path_hit"))
             rows.append(dict(base, seed=seed, n=len(data.tree.paths), **{k: v for k, v in values.items()
-                                                                          if k not in ("acc_queries", "path_mass")},
+                                                                          if k not in ("acc_queries", "path_mass",
+                                                                                       "path_hit")},
                              acc_queries=int(values["acc_queries"]),
-                             path_mass=values["path_mass"] if cell.mode in HIERARCHICAL else None,
-                             path_mass_theory=mass_theory, theory_acc=acc_theory, baseline_cos_theory=0.0,
+                             path_mass=values["path_mass"] if selective else None,
+                             path_hit=values["path_hit"] if selective else None,
+                             path_mass_theory=theory.path_mass, theory_acc=theory.acc, path_hit_theory=theory.hit,
+                             path_hit_theory_low=theory.hit_low, theory_cos=theory.cos, baseline_cos_theory=0.0,
                              baseline_dist_theory=math.sqrt(2.0), read_s=read_s, run_s=run_s, flops=flops,
                              gflops=flops / read_s / 1e9 if read_s > 0 else None, compile_s=0.0,
                              status="ok" if finite else "nan",

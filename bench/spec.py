@@ -27,7 +27,7 @@ KNOBS_OF = {memory: m.knobs for memory, m in _MEMORIES.items()}
 # Axes of the spec that are tuples (sweep axes): the grid's own, then every memory knob, then
 # the nested-dictionary sweep's (``nested``: bench.nested_sweep; it also reads d, similarity,
 # beta, topk as its beam width k, seeds, acc_queries, dtype).
-NESTED_AXES = ("form", "depth", "branching", "collision", "mode", "composition")
+NESTED_AXES = ("form", "depth", "branching", "vary_branching", "collision", "sharing", "mode", "composition")
 AXES = ("kernels", "d", "n", "noise", "patterns", *KNOBS, "mask", *NESTED_AXES)
 # Scalar settings of the spec that the command line sets (with the axes).
 SCALARS = ("seeds", "dv", "dtype", "acc_queries", "method", "capacity", "threshold", "max_n", "nested")
@@ -105,7 +105,9 @@ class SweepSpec:
     form: tuple[str, ...] = _FORMS
     depth: tuple[int, ...] = (2, 3, 4)
     branching: tuple[int, ...] = (4, 8)
+    vary_branching: tuple[bool, ...] = (False,)
     collision: tuple[float, ...] = (1.0,)
+    sharing: tuple[float, ...] = (0.5,)
     mode: tuple[str, ...] = _READERS
     composition: tuple[str, ...] = _COMPOSITIONS
     preset: str = field(default="default", compare=False)
@@ -166,6 +168,12 @@ class SweepSpec:
         for v in self.collision:
             if not _finite(v) or not 0 <= v <= 1:
                 raise SpecError(f"collision: {v!r} is not allowed; give fractions of coinciding keys in [0, 1]")
+        for v in self.sharing:
+            if not _finite(v) or not 0 <= v <= 1:
+                raise SpecError(f"sharing: {v!r} is not allowed; give fractions of shared sub-dictionaries in [0, 1]")
+        for v in self.vary_branching:
+            if not isinstance(v, bool):
+                raise SpecError(f"vary_branching: {v!r} is not true or false")
         if not isinstance(self.nested, bool):
             raise SpecError(f"nested: {self.nested!r} is not true or false")
         for v in self.mask:
@@ -205,7 +213,8 @@ class SweepSpec:
                 raise SpecError(f"{name}: {list(values)} repeats a value; list each value once")
         for name in ("d", "n", *_knobs_of_kind(int), "depth", "branching"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        for name in ("noise", *_knobs_of_kind(float), "mask", "collision"):
+        object.__setattr__(self, "vary_branching", tuple(bool(v) for v in self.vary_branching))
+        for name in ("noise", *_knobs_of_kind(float), "mask", "collision", "sharing"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "threshold", float(self.threshold))
         if self.nested:

@@ -82,10 +82,17 @@ SCHEMA = pa.schema([
     ("path_mass_theory", pa.float64()),
     ("theory_acc", pa.float64()),
     ("read_s", pa.float64()),
+    ("sharing", pa.float64()),
+    ("vary_branching", pa.bool_()),
+    ("path_hit", pa.float64()),
+    ("path_hit_theory", pa.float64()),
+    ("path_hit_theory_low", pa.float64()),
 ])
-# The columns of runs written before nested cells existed: their parts are read with the new
-# columns null (resume, merge and bench.compare accept them).
+# The columns of runs written before nested cells existed, and before their sharing, varying
+# branching and beam-hit columns: their parts are read with the new columns null (resume, merge
+# and bench.compare accept them).
 _BEFORE_NESTED = pa.schema(list(SCHEMA)[:SCHEMA.get_field_index("form")])
+_BEFORE_BEAM_HITS = pa.schema(list(SCHEMA)[:SCHEMA.get_field_index("sharing")])
 # The capacity table of a --capacity run: one row per (memory setting, patterns, d, noise, mask).
 SETTING_FIELDS = ("kernel", *KNOBS, "patterns", "dtype", "noise", "mask")
 CAPACITY_SCHEMA = pa.schema(
@@ -291,7 +298,7 @@ def set_aside_damaged_parts(run_dir: Path) -> list[Path]:
         try:
             meta = pq.ParquetFile(path)
             good = meta.metadata.num_rows > 0 and any(meta.schema_arrow.equals(known, check_metadata=False)
-                                                      for known in (SCHEMA, _BEFORE_NESTED))
+                                                      for known in (SCHEMA, _BEFORE_NESTED, _BEFORE_BEAM_HITS))
         except (pa.ArrowException, OSError, ValueError):
             good = False
         if not good:

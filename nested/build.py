@@ -206,6 +206,25 @@ def target_slots(tree: Tree, which=None) -> np.ndarray:
     return out
 
 
+def path_competitors(tree: Tree, which=None) -> np.ndarray:
+    """(Q, depth) int32 for tree.paths (or ``which``): at each level of a path, how many other
+    slots of its node compete with the true one for a selective read (nested.theory): above
+    the path's last key, the siblings that hold a nested dictionary (a read descends only
+    through those); at its last key, every other slot of the node; -1 past the path's end."""
+    chosen = tree.paths if which is None else [tree.paths[i] for i in which]
+    out = np.full((len(chosen), tree.depth), -1, np.int32)
+    for i, (keys, _) in enumerate(chosen):
+        node = 0
+        for level, key in enumerate(keys):
+            lev = tree.levels[level]
+            valid = lev.keys[node] >= 0
+            slot = int(np.flatnonzero(lev.keys[node] == key)[0])
+            last = level == len(keys) - 1
+            out[i, level] = int(valid.sum() if last else (valid & (lev.child[node] >= 0)).sum()) - 1
+            node = int(lev.child[node, slot])
+    return out
+
+
 def repad_slots(tree: Tree, slots: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """Target slots (target_slots) renumbered for levels padded to ``width`` slots per node."""
     widths = np.array([lev.keys.shape[1] for lev in tree.levels])[np.asarray(lengths) - 1]
