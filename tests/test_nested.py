@@ -225,6 +225,35 @@ def test_dense_modes_equal_a_float64_numpy_walk(form, mode):
     np.testing.assert_allclose(np.asarray(got32), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("beta", [2.0, 10.0, 300.0, 1e12])
+def test_soft_reads_shifted_by_the_score_bound_or_the_maximum_equal_the_numpy_walk(beta):
+    """Soft mode shifts each node's exponents by the Cauchy-Schwarz bound on beta |s| where
+    exp(-2 bound) stays normal (beta 2, 10 at d = 8: 2 bound < 79 in float32), and by the node's
+    maximum beyond (beta 300; 1e12: the hard maximum): float32 reads of both kinds equal the
+    float64 walk of the dict, and the two shifts give the same weights."""
+    tree = generate.generate(_spec("independent", depth=3, branching=3, seed=3))
+    compiled, K, V, _ = _setup(tree, d=8, dtype=np.float64)
+    paths, lengths, _ = build.query_paths(compiled, K)
+    noisy = paths + 0.3 * np.random.default_rng(0).standard_normal(paths.shape)
+    widest_shift = 2 * beta * np.linalg.norm(noisy, axis=-1).max() * np.linalg.norm(K, axis=-1).max()
+    assert (widest_shift < -np.log(np.finfo(np.float32).tiny) - 8) == (beta < 100)  # the branch meant
+    levels32 = build.device_levels(compiled, K.astype(np.float32), V.astype(np.float32))
+    got = kn.read(levels32, jnp.asarray(noisy, jnp.float32), jnp.asarray(lengths), mode="soft", beta=beta)
+    want = np.stack([_numpy_walk(tree, compiled, K, V, q, m, beta, "soft") for q, m in zip(noisy, lengths)])
+    np.testing.assert_allclose(np.asarray(got.values), want, rtol=1e-4, atol=2e-5)
+    assert np.all(np.isfinite(np.asarray(got.mass)))
+    rng = np.random.default_rng(1)
+    s = jnp.asarray(rng.uniform(-1, 1, (5, 4, 6)), jnp.float32)
+    mask = jnp.asarray(rng.random((4, 6)) < 0.7).at[2].set(False)  # node 2: no valid child
+    parent = jnp.asarray(rng.random((5, 4)), jnp.float32)
+    bound = jnp.full((5, 4), 30.0, jnp.float32)  # |beta s| <= 30 for beta 30
+    shifted = kn._bounded_children(30.0 * s, mask, parent, bound)
+    by_max = kn._weighted_children("soft", s, mask, parent, jnp.float32(30.0))
+    for a, b in zip(shifted, by_max):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-12)
+    assert float(jnp.abs(shifted[0][:, 2]).max()) == 0.0 and float(jnp.abs(shifted[1][:, 2]).max()) == 0.0
+
+
 @pytest.mark.parametrize("form", ["cartesian", "independent"])
 def test_top_k_with_the_whole_level_in_the_beam_equals_soft(form):
     tree = generate.generate(_spec(form, depth=3, branching=3, seed=4))
