@@ -29,7 +29,8 @@ def profile(queries: int, tile_slots: int, d: int, rounds: int, branching: int =
     values = jnp.asarray((rng.standard_normal((tiles, tn, branching, d)) / np.sqrt(d)).astype(np.float32))
     mask = jnp.ones((tiles, tn, branching), bool)
     parent = jnp.asarray(rng.random((tiles, queries, tn)).astype(np.float32))
-    q = jnp.asarray(rng.standard_normal((queries, d)).astype(np.float32))
+    # queries like the stored keys (norm ~1), so the level loop shifts by the score bound as a read does
+    q = jnp.asarray((rng.standard_normal((queries, d)) / np.sqrt(d)).astype(np.float32))
     beta = jnp.float32(8.0)
     level = kn.Level(keys.reshape(tiles * tn, branching, d), mask.reshape(tiles * tn, branching), None,
                      values.reshape(tiles * tn, branching, d))
