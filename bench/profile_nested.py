@@ -1,5 +1,6 @@
 """Where the soft nested read's time goes: one tile of nodes (kernels.nested._dense_level's loop
-body) timed as its two products alone and as the whole body, against the matmul rate.
+body) timed as its two products alone, as the whole body and as the level loop, and the tile's
+exponentials alone (one per slot and query, on a tile in cache), against the matmul rate.
 
     python -m bench.profile_nested [--queries 256] [--tile-slots 4096] [--d 64] [--rounds 3]
 
@@ -52,8 +53,17 @@ def profile(queries: int, tile_slots: int, d: int, rounds: int, branching: int =
     level_loop = jax.jit(lambda q, lev, w, t, beta: kn._dense_level(
         lev, q, w, jnp.ones(q.shape[0], bool), t, mode="soft", sim=kn.SIMILARITY_REGISTRY["dot"], beta=beta,
         keep=False)[0])  # built once: a jit made inside the timed call would be traced and lowered each time
+    scores = jnp.asarray(rng.uniform(-1, 0, (queries, tn * branching)).astype(np.float32))
+
+    @jax.jit
+    def exponentials(scores, beta):
+        # the same tile each step, scaled per step so the exponential is not hoisted out of the loop
+        step = lambda i, acc: acc + jnp.exp(scores * (beta + i.astype(scores.dtype) * 1e-6))  # noqa: E731
+        return jax.lax.fori_loop(0, tiles, step, jnp.zeros_like(scores))
+
     programs = {"products alone": program(False), "whole tile body (shift by each node's maximum)": program(True),
-                "kernels.nested._dense_level": lambda: level_loop(q, level, w_level, t_level, beta)}
+                "kernels.nested._dense_level": lambda: level_loop(q, level, w_level, t_level, beta),
+                "exponentials alone (one per slot and query, tile in cache)": lambda: exponentials(scores, beta)}
     for f in programs.values():
         f().block_until_ready()
     flops = tiles * 2 * 2 * queries * tn * branching * d

@@ -148,9 +148,8 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
     chunk = kernels.default_chunk(cell.d, cell.dv)
     if cell.kernel == "attention":
         return kernels.AttentionFamily(
-            similarity="dot" if _as_dot(cell) else cell.similarity, separation=cell.separation, d=cell.d, dv=cell.dv,
-            patterns=patterns,
-            dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
+            similarity="dot" if _as_dot(cell) else cell.similarity, separation=cell.separation, d=cell.d,
+            dv=cell.dv, patterns=patterns, dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
             steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep)
     method = kernels.default_method() if cell.method in (None, "auto") else cell.method
     # A ridge cell runs in the pinv family (pinv with lam and min_norm False is ridge): one

@@ -112,7 +112,8 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     first = matrix.First(head[:, :f.d], head[:, f.d:], jnp.arange(first_chunks * chunk) < n)
     written = matrix.finalize(w, state, n, params, first)
     if f.fallback and w.can_fall_back:
-        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, matrix.ridge_lam(w, params)))
+        lam = matrix.ridge_lam(w, params)
+        written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, lam))
     W = written.W
     W_low = W.astype(dtype)  # cast once, outside the loop
     if matrix.RULES[f.rule].least_squares:

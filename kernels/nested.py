@@ -116,11 +116,11 @@ _INNER_PRODUCT_SCALE = {"dot": lambda d: 1.0, "cosine": lambda d: 1.0, "scaled_d
 
 def _bounded_children(s, mask, parent, shift):
     """Soft mode's _weighted_children with each node's exponents shifted by ``shift`` ((qb, tn)
-    or (qb, 1)), an upper bound on |beta s| over the node instead of its maximum: softmax is shift-invariant,
-    and with every |beta s| <= shift each exp(beta s - shift) lies in [exp(-2 shift), 1], so
-    no node's sum underflows where 2 shift stays above the dtype's smallest normal (the caller
-    checks). It saves the maximum's pass over the scores: the soft read's tile body measured
-    2.46-2.81x -> 2.10-2.14x its products' FLOP floor (256 queries x 4096 slots, d = 64)."""
+    or (qb, 1)), an upper bound on |beta s| over the node instead of its maximum: softmax is
+    shift-invariant, and with every |beta s| <= shift each exp(beta s - shift) lies in
+    [exp(-2 shift), 1], so no node's sum underflows where 2 shift stays above the dtype's
+    smallest normal (the caller checks). It saves the maximum's pass over the scores
+    (bench.profile_nested: the tile body by each node's maximum against the level loop)."""
     p = jnp.where(mask[None], jnp.exp(s - shift[..., None]), 0.0)
     total = p.sum(-1)
     return p * (parent / jnp.maximum(total, jnp.finfo(s.dtype).tiny))[:, :, None], _reached(mask, parent)

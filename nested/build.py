@@ -197,13 +197,19 @@ def target_slots(tree: Tree, which=None) -> np.ndarray:
     chosen = tree.paths if which is None else [tree.paths[i] for i in which]
     out = np.zeros(len(chosen), np.int32)
     for i, (keys, _) in enumerate(chosen):
-        node = 0
-        for level, key in enumerate(keys):
-            lev = tree.levels[level]
-            slot = int(np.flatnonzero(lev.keys[node] == key)[0])
-            out[i] = node * lev.keys.shape[1] + slot
-            node = int(lev.child[node, slot])
+        *_, (lev, node, slot) = _walk(tree, keys)
+        out[i] = node * lev.keys.shape[1] + slot
     return out
+
+
+def _walk(tree: Tree, keys):
+    """(level's Slots, node, slot) of each key of one path, from the root down."""
+    node = 0
+    for level, key in enumerate(keys):
+        lev = tree.levels[level]
+        slot = int(np.flatnonzero(lev.keys[node] == key)[0])
+        yield lev, node, slot
+        node = int(lev.child[node, slot])
 
 
 def path_competitors(tree: Tree, which=None) -> np.ndarray:
@@ -214,14 +220,10 @@ def path_competitors(tree: Tree, which=None) -> np.ndarray:
     chosen = tree.paths if which is None else [tree.paths[i] for i in which]
     out = np.full((len(chosen), tree.depth), -1, np.int32)
     for i, (keys, _) in enumerate(chosen):
-        node = 0
-        for level, key in enumerate(keys):
-            lev = tree.levels[level]
+        for level, (lev, node, _) in enumerate(_walk(tree, keys)):
             valid = lev.keys[node] >= 0
-            slot = int(np.flatnonzero(lev.keys[node] == key)[0])
             last = level == len(keys) - 1
             out[i, level] = int(valid.sum() if last else (valid & (lev.child[node] >= 0)).sum()) - 1
-            node = int(lev.child[node, slot])
     return out
 
 

@@ -416,12 +416,13 @@ def test_a_nested_report_rebuilds_to_the_same_bytes_and_compare_refuses_it(neste
     assert "is a nested-dictionary run" in err and len(err.splitlines()) == 1
 
 
-def test_the_nested_profile_runs_and_names_its_three_timings():
+def test_the_nested_profile_runs_and_names_its_four_timings():
     from bench import profile_nested
 
     lines = profile_nested.profile(queries=8, tile_slots=64, d=8, rounds=1, branching=4, tiles=4)
-    assert len(lines) == 4 and "products alone" in lines[1] and "whole tile body" in lines[2]
+    assert len(lines) == 5 and "products alone" in lines[1] and "whole tile body" in lines[2]
     assert "kernels.nested._dense_level" in lines[3] and all("x the floor" in line for line in lines[1:])
+    assert "exponentials alone" in lines[4]
 
 
 @pytest.mark.parametrize("mode,k", [("soft", 1), ("sparse", 1), ("topk", 3)])
