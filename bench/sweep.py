@@ -326,6 +326,7 @@ def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, mine=N
     cells = spec.cells(auto_method=kernels.default_method())
     todo = [c for c in cells if part_id(c) not in done and (mine is None or mine(c))]
     prefetch(todo)
+    store.load_converters()  # while the first program compiles
     total = len(cells) if mine is None else len(todo)
     with tqdm(total=total, initial=total - len(todo), desc="cells", unit="cell", disable=not show,
               file=sys.stderr) as bar:

@@ -65,7 +65,7 @@ def attention_args(family: AttentionFamily, n, noise=0.0, beta=1.0, degree=3.0, 
     dtype = jnp.dtype(family.dtype)
     if isinstance(n, int) and not 0 <= n < 2**31:
         raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
-    return (jnp.asarray(n, jnp.int32), metrics.scalar(noise, dtype),
+    return (metrics.scalar(n, jnp.int32), metrics.scalar(noise, dtype),
             AttentionKnobs(metrics.scalar(beta, dtype), metrics.scalar(degree, dtype), metrics.scalar(mask, dtype)))
 
 

@@ -174,8 +174,8 @@ def matrix_args(family: MatrixFamily, n, noise, lam=0.0, eta=1.0, passes=1, mask
     dtype = jnp.dtype(family.dtype)
     if isinstance(n, int) and not 0 <= n < 2**31:
         raise ValueError(f"n = {n} does not fit the int32 pair counter; use n < 2^31")
-    return (jnp.asarray(n, jnp.int32), metrics.scalar(noise, dtype),
+    return (metrics.scalar(n, jnp.int32), metrics.scalar(noise, dtype),
             matrix.Params(metrics.scalar(lam, metrics.accumulate_dtype(dtype)), metrics.scalar(eta, dtype),
-                          jnp.asarray(passes, jnp.int32), jnp.asarray(min_norm, bool)),
+                          metrics.scalar(passes, jnp.int32), metrics.scalar(min_norm, bool)),
             metrics.scalar(mask, dtype))
 

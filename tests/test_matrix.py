@@ -80,6 +80,16 @@ def test_pinv_rank_deficient_keys_give_the_minimum_norm_solution():
     np.testing.assert_allclose(W, np.linalg.pinv(K.astype(np.float64)) @ V, atol=1e-5)
 
 
+def test_pinv_rank_deficient_keys_below_d_fall_back_from_the_dual_solve():
+    # n < d: the dual solve folds no sums; its fallback must form them from the stored pairs.
+    rng = np.random.default_rng(1)
+    K = np.where(rng.standard_normal((6, 16)) >= 0, 1.0, -1.0).astype(np.float32)
+    K[3] = K[0]  # a duplicated key: K K^T is singular
+    V = rng.standard_normal((6, 3)).astype(np.float32)
+    W = np.asarray(kernels.pinv(K, V), np.float64)
+    np.testing.assert_allclose(W, np.linalg.pinv(K.astype(np.float64)) @ V, atol=1e-5)
+
+
 def test_pinv_is_exact_at_n_equals_d_where_conditioning_is_worst():
     # d = n = 256 Gaussian: cond(K) ~ 500; float32 normal equations would lose ~cond^2 eps.
     K, V = _pairs(256, 256, 256, "gaussian", seed=3)
@@ -92,6 +102,36 @@ def test_pinv_is_exact_at_n_equals_d_where_conditioning_is_worst():
     W_naive = np.linalg.solve(G, K.T @ V)
     rel_naive = np.linalg.norm(K @ W_naive - V, axis=1) / np.linalg.norm(V, axis=1)
     assert rel_naive.mean() > 10 * rel.mean()
+
+
+def test_well_conditioned_gram_sums_flush_float32_partials_into_float64_exactly_once():
+    # Well-conditioned chunks are summed in float32 for PARTIAL_ROWS rows, then added to the
+    # float64 sums. Over 3.4 flush periods, the total must be the float64 Gram (to float32's
+    # rounding over PARTIAL_ROWS rows), and the partial must hold only the rows since the last
+    # flush: a flush that forgot to reset would count those rows twice.
+    import jax
+    from kernels import matrix
+
+    chunk, d, dv = 256, 8, 4
+    per_flush = matrix.PARTIAL_ROWS // chunk
+    n = int(3.4 * matrix.PARTIAL_ROWS)
+    K, V = _pairs(n, d, dv, "gaussian", seed=11)
+    w = matrix.Writer("pinv", d, dv, chunk, jnp.dtype(jnp.float32))
+    source = lambda j, carry: (jax.lax.dynamic_slice_in_dim(jnp.asarray(K), j * chunk, chunk),
+                               jax.lax.dynamic_slice_in_dim(jnp.asarray(V), j * chunk, chunk), carry)
+    pad = -n % chunk
+    K, V = np.pad(K, ((0, pad), (0, 0))), np.pad(V, ((0, pad), (0, 0)))
+    sums, _ = jax.jit(lambda: matrix.fold(w, source, n, matrix.Params()))()
+    assert not bool(matrix.is_precise("pinv", n, d))
+    K64 = K.astype(np.float64)
+    expected = K64.T @ np.concatenate([K64, V], axis=1)
+    total = np.asarray(sums.total(), np.float64)
+    assert np.abs(total - expected).max() <= 1e-5 * np.abs(expected).max()
+    chunks = -(-n // chunk)
+    since_flush = slice((chunks - chunks % per_flush) * chunk, None)
+    partial = K64[since_flush].T @ np.concatenate([K64[since_flush], V[since_flush]], axis=1)
+    np.testing.assert_allclose(np.asarray(sums.partial, np.float64), partial, rtol=1e-4, atol=1e-3)
+    assert int(sums.count) == chunks
 
 
 def test_delta_converges_to_pinv_when_keys_fit():
