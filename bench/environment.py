@@ -90,6 +90,39 @@ def matmul_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 5) ->
     return 2 * size**3 / best / 1e9
 
 
+# A device whose float64 matmul runs below this fraction of its float32 rate (consumer GPUs:
+# 1/32 to 1/64) solves least squares by the float32 QR (qr32) instead of float64 Gram sums.
+# Data-centre GPUs (A100, H100: about 1/8 or more against their TF32 rate) and CPUs (1/2 to 1/4)
+# keep gram64.
+SLOW_FLOAT64 = 1 / 16
+
+
+def auto_method(float32_gflops: float | None = None, *, backend: str | None = None,
+                x64: bool | None = None) -> dict[str, Any]:
+    """The least-squares method that ``--method auto`` resolves to on the default device, and
+    why: {"auto_method", "auto_method_reason", "float64_over_float32"} (the measured ratio of
+    float64 to float32 matmul rates, None where nothing was measured). qr32 where float64 is
+    off or missing (TPU) or slow (SLOW_FLOAT64); gram64 on CPUs without measuring (float64 at
+    1/2 to 1/4 of float32 there, and start-up time counts); other devices are measured.
+    float32_gflops: the float32 rate if already measured; backend, x64: JAX's (default)."""
+    backend = jax.default_backend() if backend is None else backend
+    if not (jax.config.jax_enable_x64 if x64 is None else x64):
+        return _choice("qr32", "float64 is off (jax_enable_x64)")
+    if backend == "tpu":
+        return _choice("qr32", "TPUs have no fast float64")
+    if backend == "cpu":
+        return _choice("gram64", "CPUs run float64 matmuls at 1/2 to 1/4 of their float32 rate")
+    ratio = matmul_gflops("float64") / (float32_gflops or matmul_gflops("float32"))
+    if ratio < SLOW_FLOAT64:
+        return _choice("qr32", f"float64 matmuls run at {ratio:.3f} of float32's rate on {backend} "
+                               f"(below {SLOW_FLOAT64:.4g})", ratio)
+    return _choice("gram64", f"float64 matmuls run at {ratio:.3f} of float32's rate on {backend}", ratio)
+
+
+def _choice(method: str, reason: str, ratio: float | None = None) -> dict[str, Any]:
+    return {"auto_method": method, "auto_method_reason": reason, "float64_over_float32": ratio}
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)

@@ -54,10 +54,14 @@ def start(spec: SweepSpec, out: Path, command: Sequence[str], compile_cache: Pat
     if not cluster.leader:
         run_dir = Path(cluster.fetch("run_dir", "the run directory"))
         return Prepared(spec, run_dir, store.read_manifest(run_dir), None, cluster)
+    rate = environment.matmul_gflops(spec.dtype)
     manifest: dict[str, Any] = {
         "spec": spec.to_dict(), "status": "running", "started": _now(), "ended": None,
         "cell_ids": store.CELL_IDS, "command": list(command), **environment.describe(),
-        "matmul_gflops": environment.matmul_gflops(spec.dtype),
+        "matmul_gflops": rate,
+        # what --method auto means for this run, decided once: a resume (and every process of
+        # a multi-process run) reads it from here, so its cells keep their ids on any machine
+        **environment.auto_method(rate if spec.dtype == "float32" else None),
     }
     run_dir = store.new_run_dir(out, manifest)  # appears with its manifest, never without
     lock = store.RunLock(run_dir)
@@ -143,7 +147,7 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
                 cluster.publish("finished", sorted(finished))
             else:
                 finished = set(cluster.fetch("finished", "the list of finished cells"))
-            owner, load = sweep.split_cells(spec, finished, cluster.processes)
+            owner, load = sweep.split_cells(spec, finished, cluster.processes, sweep.auto_method(manifest))
             mine = lambda cell: owner(cell) == cluster.process  # noqa: E731
             manifest["processes"] = cluster.processes
             manifest.setdefault("estimated_s_per_process", []).append([round(x, 1) for x in load])

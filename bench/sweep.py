@@ -222,6 +222,17 @@ def estimate_bytes(family: Family, seeds_per_device: int) -> int:
     return int((per_seed * _MEMORY_HEADROOM + cache) * seeds_per_device)
 
 
+def auto_method(manifest: dict[str, Any]) -> str:
+    """What ``--method auto`` means in this run: the manifest's choice (bench.environment.
+    auto_method, made when the run started), or kernels.default_method() for a run that
+    started before the choice was recorded."""
+    method = manifest.get("auto_method") or kernels.default_method()
+    if method not in names.METHODS:
+        raise store.StoreError(f"the manifest's auto_method is {method!r}, not one of {', '.join(names.METHODS)}; "
+                               "repair the field (or remove it) and resume again")
+    return method
+
+
 def check_fits(spec: SweepSpec) -> None:
     """Refuse, before anything is written, a spec of which no cell fits in device memory (it
     could only record skipped rows): SpecError names the smallest need and the fix."""
@@ -229,7 +240,7 @@ def check_fits(spec: SweepSpec) -> None:
     if available is None:
         return
     per_device = -(-spec.seeds // jax.local_device_count())
-    settings = spec.settings(auto_method=kernels.default_method())
+    settings = spec.settings(auto_method=kernels.default_method())  # a memory estimate: either method will do
     need, i = min((estimate_bytes(family_of(s), per_device), i) for i, s in enumerate(settings))
     smallest = settings[i]
     if need > available:
@@ -260,6 +271,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     available = environment.device_memory_bytes()
     budget = min(KEEP_BYTES, available // 8) if available else KEEP_BYTES
     largest_n = spec.max_n if spec.capacity else max(spec.n)
+    method = auto_method(manifest)
     families: dict[Cell, Family] = {}
 
     def family(cell: Cell) -> Family:
@@ -308,9 +320,9 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
 
     try:
         if spec.capacity:  # which probes a search needs is known only as it goes: compiled on demand
-            order = _capacity_searches(spec, run_dir, run_cell, part_id, show)
+            order = _capacity_searches(spec, run_dir, run_cell, part_id, show, method)
         else:
-            order = _grid(spec, run_cell, part_id, done, prefetch, show, mine)
+            order = _grid(spec, run_cell, part_id, done, prefetch, show, method, mine)
     finally:
         programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
@@ -320,10 +332,10 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     return manifest
 
 
-def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, mine=None) -> list[str]:
+def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, method: str, mine=None) -> list[str]:
     """Every cell of the grid not yet done (and this process's, see run_sweep), in order;
-    returns the part ids of all of them."""
-    cells = spec.cells(auto_method=kernels.default_method())
+    returns the part ids of all of them. method: what --method auto means (auto_method)."""
+    cells = spec.cells(auto_method=method)
     todo = [c for c in cells if part_id(c) not in done and (mine is None or mine(c))]
     prefetch(todo)
     store.load_converters()  # while the first program compiles
@@ -338,12 +350,12 @@ def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, mine=N
 
 
 def _capacity_searches(spec: SweepSpec, run_dir: Path, run_cell: Callable[[Cell], list[dict[str, Any]]],
-                       part_id: Callable[[Cell], str], show: bool) -> list[str]:
+                       part_id: Callable[[Cell], str], show: bool, method: str) -> list[str]:
     """One capacity search per setting of ``spec``; writes capacity.parquet and returns the
     probe cells in the order run."""
     order: list[str] = []
     rows = []
-    settings = spec.settings(auto_method=kernels.default_method())
+    settings = spec.settings(auto_method=method)
     with tqdm(total=len(settings), desc="capacity searches", unit="search", disable=not show,
               file=sys.stderr) as bar:
         for setting in settings:
@@ -453,7 +465,8 @@ def cell_flops(cell: Cell) -> float:
     return kernels.matrix_flops(cell.kernel, cell.n, cell.d, cell.dv, cell.queries, _knob(cell, "passes"))
 
 
-def split_cells(spec: SweepSpec, finished: set[str], processes: int) -> tuple[Callable[[Cell], int], list[float]]:
+def split_cells(spec: SweepSpec, finished: set[str], processes: int,
+                method: str) -> tuple[Callable[[Cell], int], list[float]]:
     """The process each unfinished cell of a grid runs on, and each process's estimated seconds:
     whole families (every cell one compiled program serves: a setting with its every n, and
     the settings that share a family, such as pinv and ridge) go to one process, so each family
@@ -462,7 +475,7 @@ def split_cells(spec: SweepSpec, finished: set[str], processes: int) -> tuple[Ca
     from bench import cluster
 
     costs: dict[Family, float] = {}
-    for cell in spec.cells(auto_method=kernels.default_method()):
+    for cell in spec.cells(auto_method=method):
         if cell.id in finished:
             continue
         family = family_of(cell)

@@ -34,7 +34,7 @@ def test_split_is_deterministic_complete_and_balanced():
 def test_split_cells_keeps_families_whole_and_skips_finished_cells():
     spec = SweepSpec(kernels=("hebbian", "pinv"), d=(8, 16, 32), n=(4, 16, 64), seeds=2)
     cells = spec.cells(auto_method="gram64")
-    owner, load = sweep.split_cells(spec, set(), 2)
+    owner, load = sweep.split_cells(spec, set(), 2, "gram64")
     by_family = {}
     for c in cells:
         by_family.setdefault((c.kernel, c.d), set()).add(owner(c))
@@ -42,7 +42,7 @@ def test_split_cells_keeps_families_whole_and_skips_finished_cells():
     assert len(load) == 2 and min(load) > 0
     # the largest family (pinv, d = 32) costs most; finished cells cost nothing
     finished = {c.id for c in cells if (c.kernel, c.d) == ("pinv", 32)}
-    _, less = sweep.split_cells(spec, finished, 2)
+    _, less = sweep.split_cells(spec, finished, 2, "gram64")
     assert sum(less) < sum(load)
 
 

@@ -47,3 +47,73 @@ def test_a_resume_refuses_what_it_cannot_honour(finished, tmp_path):
         pipeline.resume(tmp_path / "missing", {})
     with pytest.raises(store.StoreError, match="not a run directory"):
         pipeline.resume(tmp_path, {})
+
+
+@pytest.mark.parametrize("backend,x64,float64_rate,method", [
+    ("cpu", True, None, "gram64"),   # not measured on a CPU
+    ("gpu", True, 30.0, "gram64"),   # 30 / 240 = 1/8: a data-centre GPU
+    ("gpu", True, 3.0, "qr32"),      # 1/80: a consumer GPU
+    ("tpu", True, None, "qr32"),
+    ("cpu", False, None, "qr32"),
+])
+def test_auto_method_uses_float64_only_where_it_is_fast(monkeypatch, backend, x64, float64_rate, method):
+    from bench import environment
+
+    measured = []
+
+    def rate(dtype="float32", *args, **kwargs):
+        measured.append(dtype)
+        return {"float32": 240.0, "float64": float64_rate}[dtype]
+
+    monkeypatch.setattr(environment, "matmul_gflops", rate)
+    choice = environment.auto_method(float32_gflops=240.0, backend=backend, x64=x64)
+    assert choice["auto_method"] == method and choice["auto_method_reason"]
+    assert measured == (["float64"] if float64_rate is not None else [])
+    assert choice["float64_over_float32"] == (None if float64_rate is None else float64_rate / 240.0)
+
+
+def test_a_run_records_its_auto_method_and_a_resume_keeps_it(monkeypatch, tmp_path):
+    # A device where float64 is slow: the run's pinv cells solve by qr32, the manifest says why,
+    # and a resume on a machine that would choose gram64 still finds (and keeps) those cells.
+    from bench import environment
+
+    slow = {"auto_method": "qr32", "auto_method_reason": "float64 slow (test)", "float64_over_float32": 0.01}
+    monkeypatch.setattr(environment, "auto_method", lambda *args, **kwargs: dict(slow))
+    spec = SweepSpec(kernels=("pinv",), d=(8,), n=(4, 16), seeds=1)
+    run = pipeline.start(spec, tmp_path, ["test"])
+    manifest = pipeline.execute(run, report=False)
+    assert {k: manifest[k] for k in slow} == slow
+    rows = pq.read_table(run.run_dir / store.RESULTS).to_pylist()
+    assert {r["method"] for r in rows} == {"qr32"} and {r["status"] for r in rows} == {"ok"}
+    assert manifest["cell_order"] == [c.id for c in spec.cells(auto_method="qr32")]
+    monkeypatch.undo()
+    again = pipeline.resume(run.run_dir, {})
+    resumed = pipeline.execute(again, report=False)
+    assert resumed["compiled_programs"] == manifest["compiled_programs"]  # every cell read back, none recomputed
+    assert resumed["cell_order"] == manifest["cell_order"]
+
+
+def test_a_damaged_auto_method_is_refused_in_one_line(finished, tmp_path):
+    import shutil
+
+    run, _ = finished
+    copy = tmp_path / run.run_dir.name
+    shutil.copytree(run.run_dir, copy)
+    manifest = json.loads((copy / store.MANIFEST).read_text())
+    manifest["auto_method"] = "gram128"
+    (copy / store.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(store.StoreError, match="auto_method is 'gram128', not one of"):
+        pipeline.execute(pipeline.resume(copy, {}), report=False)
+
+
+def test_auto_method_on_a_cpu_is_what_it_was_before_it_was_measured():
+    # CPU runs keep gram64 (and their cell ids) and spend no start-up time measuring float64.
+    import jax
+
+    from bench import environment
+    from kernels import default_method
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU's choice")
+    choice = environment.auto_method()
+    assert choice["auto_method"] == default_method() == "gram64" and choice["float64_over_float32"] is None
