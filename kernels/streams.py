@@ -35,10 +35,18 @@ BASELINE_CHUNKS_FROM = 2**30
 BASELINE_PAIRS = 1024
 
 
+# The most pairs per chunk. A cell's fixed work (its first chunk of pairs, the accuracy
+# sample's scan of it) grows with the chunk whatever n is: 512 against the earlier 2^19-numbers
+# rule (4096 pairs at d = 64, 2048 at d = 128 and 256, 1024 at d = 512) made whole families of
+# the classic grid 20-50% faster, large cells included (python -m bench.profile_cell and the
+# README's Performance section). The pairs are the same whatever the chunk (Philox rows).
+MAX_CHUNK = 512
+
+
 def default_chunk(d: int, dv: int) -> int:
-    """Pairs per chunk: about 2^19 numbers a chunk (big enough for the matmuls and the
-    generator to run near their peak), a power of two in [64, 4096]."""
-    return int(min(4096, max(64, 2 ** math.floor(math.log2(2**19 / max(d, dv))))))
+    """Pairs per chunk: about 2^19 numbers a chunk where d is large (big enough for the matmuls
+    and the generator to run near their peak), at most MAX_CHUNK; a power of two in [64, 512]."""
+    return int(min(MAX_CHUNK, max(64, 2 ** math.floor(math.log2(2**19 / max(d, dv))))))
 
 
 def entry_scale(dist: str, d: int) -> float:
