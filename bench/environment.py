@@ -105,11 +105,11 @@ def auto_method(float32_gflops: float | None = None, *, backend: str | None = No
     off or missing (TPU) or slow (SLOW_FLOAT64); gram64 on CPUs without measuring (float64 at
     1/2 to 1/4 of float32 there, and start-up time counts); other devices are measured.
     float32_gflops: the float32 rate if already measured; backend, x64: JAX's (default)."""
+    from kernels import default_method
+
     backend = jax.default_backend() if backend is None else backend
-    if not (jax.config.jax_enable_x64 if x64 is None else x64):
-        return _choice("qr32", "float64 is off (jax_enable_x64)")
-    if backend == "tpu":
-        return _choice("qr32", "TPUs have no fast float64")
+    if default_method(backend, x64) == "qr32":
+        return _choice("qr32", f"no float64 on {backend} (a TPU, or jax_enable_x64 off)")
     if backend == "cpu":
         return _choice("gram64", "CPUs run float64 matmuls at 1/2 to 1/4 of their float32 rate")
     ratio = matmul_gflops("float64") / (float32_gflops or matmul_gflops("float32"))

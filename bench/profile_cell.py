@@ -1,7 +1,7 @@
 """Time one matrix-memory family: compile once, then each n (best of 3), against its FLOP
 floor at the matmul rate measured in the same process.
 
-    python -m bench.profile_cell pinv 1024 4,64,2048,32768 [--keep N] [--seeds S]
+    python -m bench.profile_cell pinv 1024 4,64,2048,32768 [--keep N] [--seeds S] [--chunk C]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ns", help="comma-separated numbers of stored pairs")
     parser.add_argument("--keep", type=int, help="pairs the cache keeps (default: the largest n)")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--chunk", type=int, help="pairs per chunk (default: kernels.default_chunk)")
     args = parser.parse_args(argv)
     ns = [int(x) for x in args.ns.split(",")]
 
@@ -32,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = matmul_gflops()
     keep = max(ns) if args.keep is None else args.keep
-    family = kernels.MatrixFamily(args.rule, args.d, args.d, "gaussian", chunk=kernels.default_chunk(args.d, args.d),
-                                  keep=keep)
+    family = kernels.MatrixFamily(args.rule, args.d, args.d, "gaussian", chunk=args.chunk or kernels.default_chunk(args.d, args.d), keep=keep)
     seeds = jnp.arange(args.seeds, dtype=jnp.int32)
     cache = new_cache(family, args.seeds)
     start = time.perf_counter()
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled = lowered.compile()
     print(f"{args.rule} d={args.d} chunk={family.chunk} keep={keep}: trace+lower {traced - start:.2f} s, "
           f"compile {time.perf_counter() - traced:.2f} s, matmul {rate:.0f} GFLOP/s")
+    total = 0.0
     for n in ns:
         cell_args = kernels.matrix_args(family, n, 0.0)
         out, cache = compiled(seeds, cache, *cell_args)
@@ -53,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             jax.block_until_ready(out)
             best = min(best, time.perf_counter() - start)
         floor = kernels.matrix_flops(args.rule, n, args.d, args.d, family.queries) * args.seeds / (rate * 1e9)
+        total += best
         print(f"n={n}: {best * 1e3:.1f} ms, floor {floor * 1e3:.2f} ms ({best / floor:.1f}x), "
               f"cos {float(out.cos_mean[0]):.5f}")
+    print(f"all {len(ns)} cells: {total * 1e3:.0f} ms")
     return 0
 
 

@@ -145,9 +145,12 @@ def is_precise(rule: str, n, d: int):
     return RULES[rule].least_squares & (n * PRECISE_RATIO**2 > d) & (n < PRECISE_RATIO * d)
 
 
-def default_method() -> str:
-    """gram64 where float64 exists (CPU, GPU with x64 on), else qr32 (TPU)."""
-    return "gram64" if jax.config.jax_enable_x64 and jax.default_backend() != "tpu" else "qr32"
+def default_method(backend: str | None = None, x64: bool | None = None) -> str:
+    """gram64 where float64 exists (CPU, GPU with x64 on), else qr32 (TPU). backend, x64:
+    JAX's unless given (bench.environment.auto_method also asks whether float64 is fast)."""
+    backend = jax.default_backend() if backend is None else backend
+    x64 = jax.config.jax_enable_x64 if x64 is None else x64
+    return "gram64" if x64 and backend != "tpu" else "qr32"
 
 
 # --- least squares (pinv, ridge): float64 Gram sums and Cholesky, or a streamed float32 QR ----

@@ -81,7 +81,8 @@ def test_pinv_rank_deficient_keys_give_the_minimum_norm_solution():
 
 
 def test_pinv_rank_deficient_keys_below_d_fall_back_from_the_dual_solve():
-    # n < d: the dual solve folds no sums; its fallback must form them from the stored pairs.
+    # n < d with a repeated key: the dual Cholesky (of K K^T) fails, and the eigenvalue
+    # fallback must still give the minimum-norm solution.
     rng = np.random.default_rng(1)
     K = np.where(rng.standard_normal((6, 16)) >= 0, 1.0, -1.0).astype(np.float32)
     K[3] = K[0]  # a duplicated key: K K^T is singular
