@@ -152,7 +152,8 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
             manifest["processes"] = cluster.processes
             manifest.setdefault("estimated_s_per_process", []).append([round(x, 1) for x in load])
         save = (lambda: store.write_manifest(run_dir, manifest)) if cluster.leader else (lambda: None)
-        before = manifest.get("compiled_programs", 0), manifest.get("compile_wait_s", 0.0)
+        before = (manifest.get("compiled_programs", 0), manifest.get("compile_wait_s", 0.0),
+                  manifest.get("baseline_programs", 0))
         if spec.nested:
             from bench import nested_sweep
 
@@ -161,15 +162,18 @@ def execute(run: Prepared, *, report: bool = True, hallucination: bool = True,
             sweep.run_sweep(spec, run_dir, manifest, save=save, progress=progress, mine=mine, finished=finished)
         if cluster.processes > 1:
             cluster.publish(f"done/{cluster.process}", [manifest["compiled_programs"] - before[0],
-                                                         manifest["compile_wait_s"] - before[1]])
+                                                         manifest["compile_wait_s"] - before[1],
+                                                         manifest.get("baseline_programs", 0) - before[2]])
             # Process 0 merges only when every process has written its parts.
             cluster.barrier("sweep-done", cluster.barrier_timeout_s)
             if not cluster.leader:
                 return manifest
             for p in range(1, cluster.processes):
-                programs, wait = cluster.fetch(f"done/{p}", f"process {p}'s counts")
+                programs, wait, baselines = cluster.fetch(f"done/{p}", f"process {p}'s counts")
                 manifest["compiled_programs"] += programs
                 manifest["compile_wait_s"] += wait
+                if baselines:
+                    manifest["baseline_programs"] = manifest.get("baseline_programs", 0) + baselines
         manifest["status"] = "complete"
         manifest["ended"] = _now()
         store.write_manifest(run_dir, manifest)

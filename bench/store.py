@@ -217,7 +217,8 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 # The type of every manifest field the suite reads back (others are kept as they are).
 _MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "spec": (dict,), "status": (str,), "started": (str, type(None)), "ended": (str, type(None)),
-    "cell_ids": (int,), "resumed": (list,), "compiled_programs": (int,), "compile_wait_s": (int, float),
+    "cell_ids": (int,), "resumed": (list,), "compiled_programs": (int,), "baseline_programs": (int,),
+    "compile_wait_s": (int, float),
     "cell_order": (list,), "matmul_gflops": (int, float, type(None)), "command": (list,),
     "auto_method": (str,), "auto_method_reason": (str,), "float64_over_float32": (int, float, type(None)),
 }

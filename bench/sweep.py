@@ -60,6 +60,11 @@ class _Programs:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self._cache: tuple[Family, Any] | None = None
         self._charged: set = set()
+        # The random baselines of each pair stream (see baselines): compiled programs, and
+        # their values per seed once computed.
+        self.baseline_count = 0
+        self._baseline_programs: dict[tuple, Future] = {}
+        self._baseline_values: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def _key(self, family: Family):
         return type(family).__name__, family  # NamedTuples of equal fields compare equal
@@ -116,9 +121,61 @@ class _Programs:
         self._cache = (family, buffer)
         return jax.block_until_ready(metrics)
 
+    def _compile_baseline(self, stream: tuple, table) -> tuple[Any, float]:
+        start = time.perf_counter()
+        d, dv, patterns, dtype, chunk = stream
+        batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        program = kernels.baseline_program(d=d, dv=dv, patterns=patterns, chunk=chunk, dtype=dtype)
+        tables = () if table is None else (table,)
+        fn = jax.jit(program, in_shardings=(batch,) + (replicated,) * len(tables), out_shardings=(batch, batch))
+        seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
+        lowered = fn.lower(seeds, *tables)
+        options = compiler_options(0.0)  # a small program: compiled the quick way
+        try:
+            compiled = lowered.compile(options or None)
+        except jax.errors.JaxRuntimeError:  # an XLA without these options
+            if not options:
+                raise
+            compiled = lowered.compile()
+        return compiled, time.perf_counter() - start
+
+    def prefetch_baseline(self, family: Family, args) -> None:
+        """Start compiling the baseline program of ``family``'s pair stream in the background."""
+        stream = _stream_of(family)
+        if stream not in self._baseline_programs:
+            table = args[-1] if family.patterns == kernels.TABLE else None
+            self._baseline_programs[stream] = self._pool.submit(self._compile_baseline, stream, table)
+            self.baseline_count += 1
+
+    def baselines(self, family: Family, seed_array, args) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """The random baselines (cos, dist per seed) of ``family``'s pair stream, computed
+        once per stream by their own program (family.baseline is False: the cell programs
+        leave them NaN); with the compile and run seconds that took, charged to the first cell
+        that asks (0 after)."""
+        stream = _stream_of(family)
+        if stream in self._baseline_values:
+            return (*self._baseline_values[stream], 0.0, 0.0)
+        waited = time.perf_counter()
+        self.prefetch_baseline(family, args)
+        compiled, compile_s = self._baseline_programs[stream].result()
+        self.compile_wait_s += time.perf_counter() - waited
+        start = time.perf_counter()
+        tables = (args[-1],) if family.patterns == kernels.TABLE else ()
+        cos, dist = jax.block_until_ready(compiled(seed_array, *tables))
+        run_s = time.perf_counter() - start
+        self._baseline_values[stream] = (np.asarray(cos), np.asarray(dist))
+        return (*self._baseline_values[stream], compile_s, run_s)
+
     def close(self) -> None:
         self._cache = None
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stream_of(family: Family) -> tuple:
+    """What a family's random baselines depend on: its pair stream (d, dv, patterns, dtype)
+    and chunk (baseline pairs are rows of chunks, see kernels.metrics.baseline)."""
+    return family.d, family.dv, family.patterns, family.dtype, family.chunk
 
 
 def compiler_options(largest_flops: float) -> dict[str, Any]:
@@ -142,7 +199,10 @@ def _as_dot(cell: Cell) -> bool:
 
 def family_of(cell: Cell, keep: int = 0) -> Family:
     """The compiled family a cell runs in: everything static about it (a Cell carries all of
-    it). keep: pairs the family's cache holds (see keep_pairs); it changes no number."""
+    it). keep: pairs the family's cache holds (see keep_pairs); it changes no number. Its
+    program leaves the random baselines to a program of their own, run once per pair stream
+    (_Programs.baselines): they depend on the stream only, and in every family they cost
+    compile time (0.2-1.0 s) and a loop per cell."""
     patterns = kernels.TABLE if cell.patterns == "glove" else cell.patterns
     # Matrix and attention memories of the same d and dv use the same chunk: they see the same pairs.
     chunk = kernels.default_chunk(cell.d, cell.dv)
@@ -150,14 +210,14 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
         return kernels.AttentionFamily(
             similarity="dot" if _as_dot(cell) else cell.similarity, separation=cell.separation, d=cell.d,
             dv=cell.dv, patterns=patterns, dtype=cell.dtype, chunk=chunk, queries=cell.queries, k=cell.topk or 1, heads=cell.heads,
-            steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep)
+            steps=cell.steps, noisy=cell.noise > 0, masked=bool(cell.mask), keep=keep, baseline=False)
     method = kernels.default_method() if cell.method in (None, "auto") else cell.method
     # A ridge cell runs in the pinv family (pinv with lam and min_norm False is ridge): one
     # program for both.
     rule = "pinv" if cell.kernel == "ridge" else cell.kernel
     return kernels.MatrixFamily(rule=rule, d=cell.d, dv=cell.dv, patterns=patterns, dtype=cell.dtype,
                                 chunk=chunk, queries=cell.queries, method=method, noisy=cell.noise > 0,
-                                masked=bool(cell.mask), keep=keep)
+                                masked=bool(cell.mask), keep=keep, baseline=False)
 
 
 def keep_pairs(cell: Cell, largest_n: int, seeds_per_device: int, budget: int) -> int:
@@ -295,7 +355,9 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
             probe = dataclasses.replace(cell, n=max(cell.n, 1))
             if estimate_bytes(f, per_device) <= (available or math.inf):
                 try:
-                    programs.prefetch(f, cell_args(probe, f, mesh))
+                    args = cell_args(probe, f, mesh)
+                    programs.prefetch(f, args)
+                    programs.prefetch_baseline(f, args)
                 except Exception:  # noqa: BLE001 - the cell itself will record what went wrong
                     continue
     done = store.finished_cells(run_dir) if finished is None else set(finished)
@@ -326,6 +388,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     finally:
         programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
+    manifest["baseline_programs"] = manifest.get("baseline_programs", 0) + programs.baseline_count
     manifest["compile_wait_s"] = manifest.get("compile_wait_s", 0.0) + programs.compile_wait_s
     manifest["fast_compile_programs"] = manifest.get("fast_compile_programs", 0) + programs.fast_compile_count
     manifest["cell_order"] = order
@@ -429,6 +492,10 @@ def _measure(cell: Cell, family: Family, programs: _Programs, seed_array, n_seed
             metrics = programs.run(family, compiled, seed_array, args)
             run_s = time.perf_counter() - start
         values = {k: np.asarray(v)[:n_seeds] for k, v in metrics._asdict().items()}
+        if not family.baseline:
+            cos, dist, base_compile_s, base_run_s = programs.baselines(family, seed_array, args)
+            values["baseline_cos"], values["baseline_dist"] = cos[:n_seeds], dist[:n_seeds]
+            compile_s, run_s = compile_s + base_compile_s, run_s + base_run_s
     except Exception as e:  # recorded, and the sweep goes on
         return [dict(base, seed=s, status="error", error=_error_text(e)) for s in range(n_seeds)]
     flops = base["flops"]

@@ -14,7 +14,7 @@ _EXPORTS = {
     "kernels.matrix": ("METHOD_NAMES", "METHODS", "RULES", "Params", "default_method", "delta", "hebbian", "pinv",
                        "ridge"),
     "kernels.matrix_cell": ("MatrixFamily", "matrix_args", "matrix_cell_program", "matrix_flops", "run_matrix_cell"),
-    "kernels.metrics": ("CellMetrics",),
+    "kernels.metrics": ("CellMetrics", "baseline_program"),
     "kernels.streams": ("BASELINE_PAIRS", "DISTRIBUTIONS", "TABLE", "default_chunk", "entry_scale", "open_stream",
                         "stream_key"),
 }

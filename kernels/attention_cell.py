@@ -27,7 +27,8 @@ class AttentionFamily(NamedTuple):
     queries: how many stored keys are recalled (the first min(n, queries) pairs: pairs are
     i.i.d., so they are a uniform random sample). k: top-k width. steps > 1: auto-association
     (values are the keys themselves; each output is the next query). noisy / masked: whether
-    queries get Gaussian noise / zeroed coordinates (the amounts are traced)."""
+    queries get Gaussian noise / zeroed coordinates (the amounts are traced). baseline: as in
+    MatrixFamily (False: NaN, computed once per stream by the sweep)."""
 
     similarity: str
     separation: str
@@ -43,6 +44,7 @@ class AttentionFamily(NamedTuple):
     noisy: bool = False
     masked: bool = False
     keep: int = 0
+    baseline: bool = True
 
     @property
     def kept_chunks(self) -> int:
@@ -166,8 +168,9 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
     bad = ~jnp.all(jnp.where(in_sample[:, None], jnp.isfinite(recalled), True))
     if f.keep:
         bad = bad | (n > f.kept_chunks * chunk)  # pairs beyond the cache were never kept
-    out = metrics.finish(moments, jnp.sum(in_sample & (own < nearest)), m, metrics.baseline(stream, wide), bad=bad,
-                         method=0, solved=True, wide=wide)
+    base = metrics.baseline(stream, wide) if f.baseline else metrics.no_baseline(wide)
+    out = metrics.finish(moments, jnp.sum(in_sample & (own < nearest)), m, base, bad=bad, method=0, solved=True,
+                         wide=wide)
     return out, cache
 
 

@@ -34,7 +34,10 @@ class MatrixFamily(NamedTuple):
     pass reads them instead of drawing them again (a cell with n > keep gets NaN metrics);
     with 0 only the first max(queries, d) are kept (the sample, the dual solve). fallback:
     include the eigenvalue pseudoinverse for rank-deficient keys; it costs compile time, so a
-    sweep compiles it only for a cell whose ``solved`` came back False."""
+    sweep compiles it only for a cell whose ``solved`` came back False. baseline: whether the
+    program computes the random baselines (they depend only on the stream, not on the memory
+    or n); False leaves them NaN, for a sweep that computes them once per stream
+    (kernels.baseline_program) instead of once per cell."""
 
     rule: str
     d: int
@@ -48,6 +51,7 @@ class MatrixFamily(NamedTuple):
     masked: bool = False
     keep: int = 0
     fallback: bool = False
+    baseline: bool = True
 
     @property
     def writer(self) -> matrix.Writer:
@@ -152,8 +156,8 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     m = jnp.minimum(n, Q)
     hits = jnp.sum((jnp.arange(Q) < m) & (own < nearest))
 
-    # Loop 3: the random baselines.
-    base = metrics.baseline(stream, wide)
+    # Loop 3: the random baselines (or NaN: the sweep computes them once per stream).
+    base = metrics.baseline(stream, wide) if f.baseline else metrics.no_baseline(wide)
     bad = ~jnp.all(jnp.isfinite(W))
     if f.keep:
         bad = bad | (n > f.kept_chunks * chunk)  # pairs beyond the cache were never kept

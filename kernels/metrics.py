@@ -140,6 +140,30 @@ def baseline(stream: streams.Stream, wide):
     return cos / (steps * half), dist / (steps * half)
 
 
+def no_baseline(wide):
+    """The baselines of a program that leaves them to kernels.baseline_program: NaN."""
+    nan = jnp.full((), jnp.nan, wide)
+    return nan, nan
+
+
+def baseline_program(*, d: int, dv: int, patterns: str, chunk: int, dtype="float32"):
+    """The random baselines of one pair stream (seed, d, dv, patterns) as a program of their
+    own: (seeds (S,) int32[, table]) -> (cos (S,), dist (S,)), the numbers ``baseline`` gives
+    inside a cell program of the same stream and chunk. They depend on nothing else (not the
+    memory, not n), so a sweep computes them once per stream and seed instead of once per cell
+    (each cell program then leaves them NaN: MatrixFamily.baseline)."""
+    dtype = jnp.dtype(dtype)
+    wide = accumulate_dtype(dtype)
+
+    def program(seeds, table=None):
+        def one(seed):
+            stream = streams.open_stream(seed, d=d, dv=dv, patterns=patterns, chunk=chunk, dtype=dtype, table=table)
+            return baseline(stream, wide)
+        return jax.vmap(one)(seeds)
+
+    return program
+
+
 def finish(moments: Moments, hits, m, base, *, bad, method, solved, wide) -> CellMetrics:
     """The cell's metrics; every recall metric is NaN when ``bad`` (overflow, a singular solve)."""
     nan_if_bad = lambda x: jnp.where(bad, jnp.nan, x)

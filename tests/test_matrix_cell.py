@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -129,6 +130,23 @@ def test_baselines_match_their_analytic_values():
         _, got = _cell("hebbian", 64, 8, dist=dist, queries=8)
         assert abs(got["baseline_cos"].mean()) < 0.02
         assert got["baseline_dist"].mean() == pytest.approx(theory.baseline_dist(64, dist), rel=0.01)
+
+
+@pytest.mark.parametrize("patterns", ["gaussian", "binary"])
+def test_a_family_without_baselines_leaves_them_nan_and_the_baseline_program_gives_them(patterns):
+    seeds = jnp.arange(3, dtype=jnp.int32)
+    with_them = kernels.MatrixFamily("pinv", 24, 16, patterns, chunk=64, queries=32)
+    without = with_them._replace(baseline=False)
+    args = kernels.matrix_args(with_them, 100, 0.1)
+    a, b = kernels.run_matrix_cell(with_them, seeds, *args), kernels.run_matrix_cell(without, seeds, *args)
+    assert np.isnan(np.asarray(b.baseline_cos)).all() and np.isnan(np.asarray(b.baseline_dist)).all()
+    for field in ("cos_mean", "cos_std", "dist_mean", "acc", "acc_queries", "method", "solved"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), err_msg=field)
+    program = jax.jit(kernels.baseline_program(d=24, dv=16, patterns=patterns, chunk=64))
+    cos, dist = program(seeds)
+    np.testing.assert_array_equal(np.asarray(cos), np.asarray(a.baseline_cos))
+    np.testing.assert_array_equal(np.asarray(dist), np.asarray(a.baseline_dist))
+    assert len(set(np.asarray(cos).tolist())) == 3  # one value per seed, not one broadcast
 
 
 def test_one_compiled_program_serves_every_n_noise_and_knob():

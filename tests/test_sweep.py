@@ -60,6 +60,29 @@ def test_rows_carry_knobs_theory_and_timings(tmp_path):
     assert fit[3] > fit[1]
 
 
+def test_random_baselines_are_computed_once_per_stream_with_the_numbers_of_a_cell_program(tmp_path):
+    """The cell programs of a sweep leave the random baselines to one program per pair stream
+    (they depend on the stream and chunk only); the rows carry the numbers a cell program that
+    computes them itself gives, for matrix and attention memories alike."""
+    spec = SweepSpec(kernels=("pinv", "hebbian", "attention"), d=(16, 32), n=(8, 64), seeds=2)
+    df, manifest = _run(spec, tmp_path)
+    assert (df["status"] == "ok").all()
+    assert manifest["compiled_programs"] == 3 * 2 and manifest["baseline_programs"] == 2  # one per d
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    for d in (16, 32):
+        family = kernels.MatrixFamily("hebbian", d, d, "gaussian", chunk=kernels.default_chunk(d, d))
+        assert family.baseline  # the kernels' own default computes them in the cell program
+        own = kernels.run_matrix_cell(family, seeds, *kernels.matrix_args(family, 8, 0.0))
+        for kernel in ("pinv", "hebbian", "attention"):
+            rows = df[(df.kernel == kernel) & (df.d == d)]
+            for n in (8, 64):
+                at = rows[rows.n == n].sort_values("seed")
+                np.testing.assert_array_equal(at["baseline_cos"], np.asarray(own.baseline_cos))
+                np.testing.assert_array_equal(at["baseline_dist"], np.asarray(own.baseline_dist))
+    # The baseline program's time is charged to the first cell of its stream, and only to it.
+    assert (df["compile_s"] > 0).sum() == 3 * 2 * 2  # the first cell (both seeds) of each family
+
+
 def test_seeds_that_do_not_divide_the_devices_are_padded_and_dropped(tmp_path):
     df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(16,), seeds=3), tmp_path)
     assert list(df["seed"]) == [0, 1, 2]
@@ -78,6 +101,14 @@ def test_glove_patterns_run_side_by_side_with_gaussian(tmp_path):
     assert glove["theory_cos"].isna().all() and glove["baseline_dist_theory"].isna().all()
     assert (glove[glove.n == 8]["cos_mean"] > 0.9999).all()  # n < d: exact recall of real word vectors too
     assert (glove["baseline_cos"] > 0.005).all()  # word vectors share a mean direction: not symmetric
+    # Each stream's baselines by their own program (the table passed in): the cell program's numbers.
+    seeds = jax.numpy.arange(2, dtype=jax.numpy.int32)
+    table = sweep.glove_table(Mesh(np.array(jax.local_devices()), ("seeds",)))
+    family = kernels.MatrixFamily("hebbian", 50, 50, kernels.TABLE, chunk=kernels.default_chunk(50, 50))
+    own = kernels.run_matrix_cell(family, seeds, *kernels.matrix_args(family, 8, 0.0), table=table)
+    for n in (8, 64):
+        at = glove[(glove.d == 50) & (glove.n == n)].sort_values("seed")
+        np.testing.assert_array_equal(at["baseline_cos"], np.asarray(own.baseline_cos))
     run_dir = next(tmp_path.iterdir())
     names = [p.name for p in plots.draw_all(rundir.read(run_dir))]
     assert "pinv_patterns_compared__noise=0.png" in names
