@@ -1,7 +1,11 @@
 """Time one matrix-memory family: compile once, then each n (best of 3), against its FLOP
 floor at the matmul rate measured in the same process.
 
-    python -m bench.profile_cell pinv 1024 4,64,2048,32768 [--keep N] [--seeds S] [--chunk C]
+    python -m bench.profile_cell pinv 1024 4,64,2048,32768 [--keep N] [--seeds S] [--chunk C] [--with-baselines]
+
+The family is compiled as a sweep compiles it, except that the sweep uses XLA:CPU's quicker
+emitters for small families (bench.sweep.compiler_options) and leaves the random baselines to a
+program of their own (--with-baselines puts their loop back into the cell program).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=int, help="pairs the cache keeps (default: the largest n)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--chunk", type=int, help="pairs per chunk (default: kernels.default_chunk)")
+    parser.add_argument("--with-baselines", action="store_true",
+                        help="compute the random baselines in the cell program (a sweep computes them once per stream)")
     args = parser.parse_args(argv)
     ns = [int(x) for x in args.ns.split(",")]
 
@@ -33,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = matmul_gflops()
     keep = max(ns) if args.keep is None else args.keep
-    family = kernels.MatrixFamily(args.rule, args.d, args.d, "gaussian", chunk=args.chunk or kernels.default_chunk(args.d, args.d), keep=keep)
+    family = kernels.MatrixFamily(args.rule, args.d, args.d, "gaussian", chunk=args.chunk or kernels.default_chunk(args.d, args.d),
+                                  keep=keep, baseline=args.with_baselines)
     seeds = jnp.arange(args.seeds, dtype=jnp.int32)
     cache = new_cache(family, args.seeds)
     start = time.perf_counter()

@@ -236,3 +236,13 @@ def test_the_cache_changes_no_number(rule, n):
     assert np.isnan(np.asarray(kernels.run_matrix_cell(small, seeds, *kernels.matrix_args(small, n, 0.0)).cos_mean)).all()
 
 
+
+
+@pytest.mark.parametrize("flags", [[], ["--with-baselines"]])
+def test_profile_cell_times_every_n_of_one_family(flags, capsys):
+    from bench import profile_cell
+
+    assert profile_cell.main(["hebbian", "16", "4,64", "--chunk", "64", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("hebbian d=16 chunk=64 keep=64: trace+lower")
+    assert [line.split(":")[0] for line in lines[1:]] == ["n=4", "n=64", "all 2 cells"]
