@@ -81,15 +81,9 @@ class _Programs:
                      donate_argnums=1)
         cache = jax.ShapeDtypeStruct(streams.cache_shape(family, self.seeds), np.dtype(family.dtype), sharding=batch)
         seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
-        lowered = fn.lower(seeds, cache, *args)
         options = self.options(family)
-        try:
-            compiled = lowered.compile(options or None)
-            self.fast_compile_count += bool(options)
-        except jax.errors.JaxRuntimeError:  # an XLA without these options: compile as it comes
-            if not options:
-                raise
-            compiled = lowered.compile()
+        compiled, quick = _compile_lowered(fn.lower(seeds, cache, *args), options)
+        self.fast_compile_count += quick
         return compiled, time.perf_counter() - start
 
     def prefetch(self, family: Family, args) -> None:
@@ -130,14 +124,7 @@ class _Programs:
         tables = () if table is None else (table,)
         fn = jax.jit(program, in_shardings=(batch,) + (replicated,) * len(tables), out_shardings=(batch, batch))
         seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
-        lowered = fn.lower(seeds, *tables)
-        options = compiler_options(0.0)  # a small program: compiled the quick way
-        try:
-            compiled = lowered.compile(options or None)
-        except jax.errors.JaxRuntimeError:  # an XLA without these options
-            if not options:
-                raise
-            compiled = lowered.compile()
+        compiled, _ = _compile_lowered(fn.lower(seeds, *tables), compiler_options(0.0))  # small: the quick way
         return compiled, time.perf_counter() - start
 
     def prefetch_baseline(self, family: Family, args) -> None:
@@ -170,6 +157,17 @@ class _Programs:
     def close(self) -> None:
         self._cache = None
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _compile_lowered(lowered, options: dict[str, Any]) -> tuple[Any, bool]:
+    """Compile with XLA ``options`` (compiler_options), or as it comes on an XLA that lacks
+    them; and whether the options were used."""
+    try:
+        return lowered.compile(options or None), bool(options)
+    except jax.errors.JaxRuntimeError:
+        if not options:
+            raise
+        return lowered.compile(), False
 
 
 def _stream_of(family: Family) -> tuple:
