@@ -115,13 +115,12 @@ class _Programs:
         self._cache = (family, buffer)
         return jax.block_until_ready(metrics)
 
-    def _compile_baseline(self, stream: tuple, table) -> tuple[Any, float]:
+    def _compile_baseline(self, stream: tuple, tables: tuple) -> tuple[Any, float]:
         start = time.perf_counter()
         d, dv, patterns, dtype, chunk = stream
         batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         program = kernels.baseline_program(d=d, dv=dv, patterns=patterns, chunk=chunk, dtype=dtype)
-        tables = () if table is None else (table,)
         fn = jax.jit(program, in_shardings=(batch,) + (replicated,) * len(tables), out_shardings=(batch, batch))
         seeds = jax.ShapeDtypeStruct((self.seeds,), np.int32, sharding=batch)
         compiled, _ = _compile_lowered(fn.lower(seeds, *tables), compiler_options(0.0))  # small: the quick way
@@ -131,8 +130,7 @@ class _Programs:
         """Start compiling the baseline program of ``family``'s pair stream in the background."""
         stream = _stream_of(family)
         if stream not in self._baseline_programs:
-            table = args[-1] if family.patterns == kernels.TABLE else None
-            self._baseline_programs[stream] = self._pool.submit(self._compile_baseline, stream, table)
+            self._baseline_programs[stream] = self._pool.submit(self._compile_baseline, stream, _tables(family, args))
             self.baseline_count += 1
 
     def baselines(self, family: Family, seed_array, args) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -148,8 +146,7 @@ class _Programs:
         compiled, compile_s = self._baseline_programs[stream].result()
         self.compile_wait_s += time.perf_counter() - waited
         start = time.perf_counter()
-        tables = (args[-1],) if family.patterns == kernels.TABLE else ()
-        cos, dist = jax.block_until_ready(compiled(seed_array, *tables))
+        cos, dist = jax.block_until_ready(compiled(seed_array, *_tables(family, args)))
         run_s = time.perf_counter() - start
         self._baseline_values[stream] = (np.asarray(cos), np.asarray(dist))
         return (*self._baseline_values[stream], compile_s, run_s)
@@ -168,6 +165,11 @@ def _compile_lowered(lowered, options: dict[str, Any]) -> tuple[Any, bool]:
         if not options:
             raise
         return lowered.compile(), False
+
+
+def _tables(family: Family, args) -> tuple:
+    """The table a family's stream reads (the last of its cell arguments, cell_args), or nothing."""
+    return (args[-1],) if family.patterns == kernels.TABLE else ()
 
 
 def _stream_of(family: Family) -> tuple:
@@ -200,7 +202,8 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
     it). keep: pairs the family's cache holds (see keep_pairs); it changes no number. Its
     program leaves the random baselines to a program of their own, run once per pair stream
     (_Programs.baselines): they depend on the stream only, and in every family they cost
-    compile time (0.2-1.0 s) and a loop per cell."""
+    compile time (0.35-0.45 s for a pinv family with the default emitters: bench.profile_cell
+    --with-baselines; README, Performance) and a loop per cell."""
     patterns = kernels.TABLE if cell.patterns == "glove" else cell.patterns
     # Matrix and attention memories of the same d and dv use the same chunk: they see the same pairs.
     chunk = kernels.default_chunk(cell.d, cell.dv)
