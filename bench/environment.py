@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import time
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,51 @@ def configure_jax() -> None:
     either, because each seed's stream lives on one device."""
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_threefry_partitionable", False)
+    limit_lapack_threads()
+
+
+# Threads of each LAPACK call inside a compiled program (see limit_lapack_threads).
+LAPACK_THREADS = 1
+
+
+@cache
+def limit_lapack_threads(threads: int = LAPACK_THREADS) -> int | None:
+    """Give the BLAS behind the LAPACK calls of compiled programs ``threads`` threads; returns
+    what that BLAS runs with now (lapack_threads), None where it cannot be told apart.
+
+    XLA:CPU runs Cholesky, triangular solves, eigh, SVD and QR as LAPACK calls that jaxlib takes
+    from scipy.linalg.cython_lapack (SciPy's own OpenBLAS in a wheel install), from inside XLA's
+    thread pool, which already runs independent work side by side. There, OpenBLAS's worker
+    threads (one per core) spin beside XLA's: on 2 cores a pinv cell at d = 1024 with n = 8 took
+    104-161 ms instead of 73-107 ms with one thread, though its float64 Cholesky (128 rows)
+    takes 0.2 ms alone (README, Performance: "LAPACK on one thread"). NumPy's BLAS (its own
+    library in a wheel install) is left as it is; so is a BLAS that SciPy shares with NumPy
+    (conda, a system BLAS: limiting it would change NumPy's too), and the suite then runs as
+    before. A process calls this once (cached)."""
+    return _set_scipy_blas_threads(threads)
+
+
+def lapack_threads() -> int | None:
+    """Threads of the BLAS behind the compiled programs' LAPACK calls (None: not told apart)."""
+    return _set_scipy_blas_threads(None)
+
+
+def _set_scipy_blas_threads(threads: int | None) -> int | None:
+    import scipy
+    import scipy.linalg.cython_lapack  # noqa: F401  (loads SciPy's BLAS, as jaxlib's LAPACK does)
+    from threadpoolctl import ThreadpoolController
+
+    home = Path(scipy.__file__).resolve().parent
+    own = (home, home.with_name(home.name + ".libs"))  # the package, and a wheel's bundled libraries
+    controller = ThreadpoolController()
+    libraries = [lib for lib in controller.info() if lib["user_api"] == "blas"
+                 and any(Path(lib["filepath"]).resolve().is_relative_to(place) for place in own)]
+    if not libraries:
+        return None
+    if threads is not None:
+        controller.select(filepath=[lib["filepath"] for lib in libraries]).limit(limits=threads)
+        libraries = [lib for lib in controller.info() if lib["filepath"] in {x["filepath"] for x in libraries}]
+    return min(lib["num_threads"] for lib in libraries)
 
 
 def enable_compile_cache(path: Path) -> None:
@@ -53,6 +99,7 @@ def describe() -> dict[str, Any]:
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "x64": bool(jax.config.jax_enable_x64),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+        "lapack_threads": lapack_threads(),
         "compile_cache": jax.config.jax_compilation_cache_dir,
         "host": socket.gethostname(),
         "platform": platform.platform(),

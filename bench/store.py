@@ -221,6 +221,7 @@ _MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "compile_wait_s": (int, float),
     "cell_order": (list,), "matmul_gflops": (int, float, type(None)), "command": (list,),
     "auto_method": (str,), "auto_method_reason": (str,), "float64_over_float32": (int, float, type(None)),
+    "lapack_threads": (int, type(None)),
 }
 
 

@@ -117,3 +117,40 @@ def test_auto_method_on_a_cpu_is_what_it_was_before_it_was_measured():
         pytest.skip("the CPU's choice")
     choice = environment.auto_method()
     assert choice["auto_method"] == default_method() == "gram64" and choice["float64_over_float32"] is None
+
+
+LAPACK_PROBE = """
+import json
+from threadpoolctl import threadpool_info
+import numpy
+def blas():
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+numpy.ones((2, 2)) @ numpy.ones((2, 2))
+before = blas()
+from bench import environment
+environment.configure_jax()
+import jax.numpy as jnp
+jnp.linalg.cholesky(jnp.eye(3, dtype=jnp.float64)).block_until_ready()  # jaxlib's LAPACK loaded and used
+print(json.dumps({"before": before, "after": blas(), "described": environment.describe()["lapack_threads"],
+                  "numpy": numpy.__file__}))
+"""
+
+
+def test_lapack_calls_of_compiled_programs_run_on_one_thread_and_numpy_keeps_its_own():
+    # OpenBLAS's worker threads spun beside XLA's (d = 1024, n = 8: 104-161 ms a cell instead of
+    # 73-107 ms); a fresh process, as a run starts.
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO, run_env
+
+    done = subprocess.run([PYTHON, "-c", LAPACK_PROBE], capture_output=True, text=True, env=run_env(), cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    scipy_blas = {path: n for path, n in probe["after"].items() if "scipy" in path and "numpy" not in path}
+    if not scipy_blas:
+        assert probe["described"] is None  # a BLAS SciPy shares with NumPy (conda, system): left alone
+        pytest.skip("SciPy has no BLAS of its own here")
+    assert set(scipy_blas.values()) == {1} and probe["described"] == 1
+    for path, threads in probe["before"].items():  # NumPy's own library: as it was
+        assert probe["after"][path] == threads
