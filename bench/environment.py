@@ -40,41 +40,42 @@ LAPACK_THREADS = 1
 @cache
 def limit_lapack_threads(threads: int = LAPACK_THREADS) -> int | None:
     """Give the BLAS behind the LAPACK calls of compiled programs ``threads`` threads; returns
-    what that BLAS runs with now (lapack_threads), None where it cannot be told apart.
+    lapack_threads() after it.
 
     XLA:CPU runs Cholesky, triangular solves, eigh, SVD and QR as LAPACK calls that jaxlib takes
     from scipy.linalg.cython_lapack (SciPy's own OpenBLAS in a wheel install), from inside XLA's
     thread pool, which already runs independent work side by side. There, OpenBLAS's worker
     threads (one per core) spin beside XLA's: on 2 cores a pinv cell at d = 1024 with n = 8 took
-    104-161 ms instead of 73-107 ms with one thread, though its float64 Cholesky (128 rows)
-    takes 0.2 ms alone (README, Performance: "LAPACK on one thread"). NumPy's BLAS (its own
-    library in a wheel install) is left as it is; so is a BLAS that SciPy shares with NumPy
-    (conda, a system BLAS: limiting it would change NumPy's too), and the suite then runs as
-    before. A process calls this once (cached)."""
-    return _set_scipy_blas_threads(threads)
+    104-133 ms instead of 73-105 ms with one thread (fastest of 8 runs, three processes each),
+    though its float64 Cholesky (128 rows) takes 0.2 ms alone (README, Performance: "LAPACK on
+    one thread"). NumPy's BLAS (its own library in a wheel install) is left as it is; so is a
+    BLAS that SciPy shares with NumPy (conda, a system BLAS: limiting it would change NumPy's
+    too), and the suite then runs as before. A process calls this once (cached)."""
+    blas = _scipy_blas()
+    if blas is not None:
+        blas.limit(limits=threads)
+    return lapack_threads()
 
 
 def lapack_threads() -> int | None:
-    """Threads of the BLAS behind the compiled programs' LAPACK calls (None: not told apart)."""
-    return _set_scipy_blas_threads(None)
+    """Threads of the BLAS behind the compiled programs' LAPACK calls; None where SciPy has no
+    BLAS of its own (one shared with NumPy is not told apart)."""
+    blas = _scipy_blas()
+    return None if blas is None else min(lib["num_threads"] for lib in blas.info())
 
 
-def _set_scipy_blas_threads(threads: int | None) -> int | None:
+def _scipy_blas():
+    """A threadpoolctl controller of SciPy's own BLAS libraries, or None where it has none."""
     import scipy
     import scipy.linalg.cython_lapack  # noqa: F401  (loads SciPy's BLAS, as jaxlib's LAPACK does)
     from threadpoolctl import ThreadpoolController
 
     home = Path(scipy.__file__).resolve().parent
     own = (home, home.with_name(home.name + ".libs"))  # the package, and a wheel's bundled libraries
-    controller = ThreadpoolController()
-    libraries = [lib for lib in controller.info() if lib["user_api"] == "blas"
-                 and any(Path(lib["filepath"]).resolve().is_relative_to(place) for place in own)]
-    if not libraries:
-        return None
-    if threads is not None:
-        controller.select(filepath=[lib["filepath"] for lib in libraries]).limit(limits=threads)
-        libraries = [lib for lib in controller.info() if lib["filepath"] in {x["filepath"] for x in libraries}]
-    return min(lib["num_threads"] for lib in libraries)
+    controller = ThreadpoolController()  # after the import: it sees the libraries loaded by now
+    paths = [lib["filepath"] for lib in controller.info() if lib["user_api"] == "blas"
+             and any(Path(lib["filepath"]).resolve().is_relative_to(place) for place in own)]
+    return controller.select(filepath=paths) if paths else None
 
 
 def enable_compile_cache(path: Path) -> None:

@@ -131,14 +131,13 @@ from bench import environment
 environment.configure_jax()
 import jax.numpy as jnp
 jnp.linalg.cholesky(jnp.eye(3, dtype=jnp.float64)).block_until_ready()  # jaxlib's LAPACK loaded and used
-print(json.dumps({"before": before, "after": blas(), "described": environment.describe()["lapack_threads"],
-                  "numpy": numpy.__file__}))
+print(json.dumps({"before": before, "after": blas(), "described": environment.describe()["lapack_threads"]}))
 """
 
 
 def test_lapack_calls_of_compiled_programs_run_on_one_thread_and_numpy_keeps_its_own():
-    # OpenBLAS's worker threads spun beside XLA's (d = 1024, n = 8: 104-161 ms a cell instead of
-    # 73-107 ms); a fresh process, as a run starts.
+    # OpenBLAS's worker threads spun beside XLA's (d = 1024, n = 8: 104-133 ms a cell instead of
+    # 73-105 ms); a fresh process, as a run starts.
     import subprocess
 
     from tests.conftest import PYTHON, REPO, run_env
