@@ -346,21 +346,29 @@ def test_nested_read_at_a_million_leaves(benchmark):
     """Issue "nested dictionaries", performance: 4096 path reads over a tree of depth 4 and
     branching 32 (2^20 leaves, fresh Gaussian keys per slot, values at the last level) at d =
     64, beta 8: top-k (k = 4) against soft mode and against one flat attention memory of every
-    leaf's composite (summed) key, each in a process of its own (peak memory: VmHWM)."""
+    leaf's composite (summed) key, timed in one process (the issue's "measured in one
+    process"); each mode's peak memory (VmHWM) from a process of its own. Targets: top-k at
+    least 10x faster than the other two, soft mode within 2x of its products' FLOP floor."""
     def run(which):
         done = subprocess.run([PYTHON, "-c", NESTED_READ, which], capture_output=True, text=True, env=run_env(),
                               cwd=REPO, timeout=1800)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    results = benchmark.pedantic(lambda: {w: run(w) for w in ("topk", "soft", "flat")}, rounds=1, iterations=1)
-    info = {"topk4_s": results["topk"]["topk4_s"], "soft_s": results["soft"]["soft_s"],
-            "flat_attention_s": results["flat"]["flat_attention_s"],
-            "soft_of_flop_floor": results["soft"]["soft_of_floor"],
+    results = benchmark.pedantic(lambda: {w: run(w) for w in ("all", "topk", "soft", "flat")}, rounds=1,
+                                 iterations=1)
+    timed = results["all"]
+    info = {"topk4_s": timed["topk4_s"], "soft_s": timed["soft_s"], "flat_attention_s": timed["flat_attention_s"],
+            "soft_of_flop_floor": timed["soft_of_floor"], "matmul_gflops": timed["matmul_gflops"],
             "peak_gib_topk": results["topk"]["peak_gib"], "peak_gib_soft": results["soft"]["peak_gib"],
-            "peak_gib_flat": results["flat"]["peak_gib"], "cos_topk": results["topk"]["topk4_cos"],
-            "cos_soft": results["soft"]["soft_cos"], "cos_flat": results["flat"]["flat_cos"]}
+            "peak_gib_flat": results["flat"]["peak_gib"], "cos_topk": timed["topk4_cos"],
+            "cos_soft": timed["soft_cos"], "cos_flat": timed["flat_cos"],
+            # the same modes timed alone, for comparison with the one-process figures
+            "alone_topk4_s": results["topk"]["topk4_s"], "alone_soft_s": results["soft"]["soft_s"],
+            "alone_soft_of_flop_floor": results["soft"]["soft_of_floor"],
+            "alone_flat_attention_s": results["flat"]["flat_attention_s"]}
     benchmark.extra_info.update(info)
     print("\nnested read, 4096 paths, depth 4, branching 32, d = 64:", json.dumps({k: round(v, 3) for k, v in info.items()}))
     assert info["cos_topk"] > 0.99 and info["cos_soft"] > 0.99
     assert info["soft_s"] >= 10 * info["topk4_s"] and info["flat_attention_s"] >= 10 * info["topk4_s"]
+    assert info["soft_of_flop_floor"] <= 2.0, "soft mode beyond 2x its FLOP floor on this machine"
