@@ -139,8 +139,8 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
         def attend(j, carry, qh=qh, first=step == 0):
             state, cache = carry
             if first and f.keep:
-                keys, values, cache = streams.draw_and_keep(stream, cache, j)
-                keys, values, valid = only_valid(j, keys, values)
+                both, cache = streams.draw_and_keep(stream, cache, j)
+                keys, values, valid = only_valid(j, both[:, :f.d], both[:, f.d:])
             elif first:
                 keys, values, valid = pairs(j)
             else:
@@ -154,10 +154,11 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
 
     # The nearest other stored value of each recalled one.
     r2 = metrics.row_dot(recalled, recalled)
+    recalled_t = recalled.T
 
     def scan(j, nearest):
         _, values, valid = kept_pairs(j, cache)
-        return metrics.nearest_other(nearest, recalled, r2, values, valid, j * chunk)
+        return metrics.nearest_other(nearest, recalled_t, r2, values, valid, j * chunk)
 
     nearest = lax.fori_loop(0, num_chunks, scan, jnp.full((Q,), jnp.inf, dtype))
     own = metrics.squared_distance_to_own(recalled, true_values)

@@ -115,8 +115,8 @@ class Writer(NamedTuple):
 class Rule(NamedTuple):
     """One write rule: a fold over chunks of pairs, init -> update(chunk)* -> finalize.
 
-    init(w, params) -> state; update(w, state, K (c, d), V (c, dv), precise, params) ->
-    state (rows at or beyond n are zero); finalize(w, state, n, params, first: First) ->
+    init(w, params) -> state; update(w, state, KV, precise, params) -> state, KV (c, d + dv)
+    the chunk's keys and values side by side (rows at or beyond n are zero); finalize(w, state, n, params, first: First) ->
     Written. write_flops(n, d, dv, passes): analytic floating-point operations of the write
     (multiply-add = 2). The knobs it reads and whether it solves least squares are declared
     once in ``kernels.names.MEMORIES`` (see ``knobs``, ``least_squares``)."""
@@ -192,8 +192,8 @@ def ridge_lam(w: Writer, params: Params):
     return jnp.where(jnp.asarray(params.min_norm, bool), 0.0, params.lam)
 
 
-def _ls_update(w: Writer, state, K, V, precise, params):
-    KX = jnp.concatenate([K, V], axis=1)
+def _ls_update(w: Writer, state, KX, precise, params):
+    K = KX[:, :w.d]
     if w.uses_qr:
         return jnp.linalg.qr(jnp.concatenate([state, KX]), mode="r")[:w.d + w.dv]
     wide = w.wide
@@ -240,14 +240,15 @@ def _ls_flops(with_dual: bool):
 # --- hebbian: W = K^T V ------------------------------------------------------------------------
 
 
-def _hebbian_update(w: Writer, cross, K, V, precise, params):
-    return cross + (K.T @ V).astype(w.wide)
+def _hebbian_update(w: Writer, cross, KX, precise, params):
+    return cross + (KX[:, :w.d].T @ KX[:, w.d:]).astype(w.wide)
 
 
 # --- delta rule: pair by pair, a block at a time -------------------------------------------------
 
 
-def _delta_update(w: Writer, W, K, V, precise, params):
+def _delta_update(w: Writer, W, KX, precise, params):
+    K, V = KX[:, :w.d], KX[:, w.d:]
     valid = jnp.any(K != 0, axis=1)  # padding rows are zero and must not move W
     return _delta_chunk(W, K, V, valid, params.eta, w.dtype)
 
@@ -269,8 +270,11 @@ names.check_implemented("matrix memory", RULES, [m for m in names.MEMORIES if m 
 
 def fold(w: Writer, source: Callable, n, params: Params, carry=None):
     """Fold the first n pairs into the rule's state, a chunk at a time: source(j, carry) ->
-    (keys (c, d), values (c, dv), rows at or beyond n zeroed; carry). One loop, one
-    random-number call site (inside ``source``). Returns (state, carry)."""
+    (pairs (c, d + dv): keys and values side by side, rows at or beyond n zeroed; carry).
+    Side by side because the least-squares rules' product is K^T [K | V]: a source that
+    draws them together hands over that array instead of two that the rule would concatenate
+    into a copy. One loop, one random-number call site (inside ``source``). Returns (state,
+    carry)."""
     if w.rule not in RULES:
         raise ValueError(f"unknown matrix memory {w.rule!r}; use one of {', '.join(RULES)}")
     if w.method not in METHODS:
@@ -282,8 +286,8 @@ def fold(w: Writer, source: Callable, n, params: Params, carry=None):
 
     def body(t, loop):
         state, carry = loop
-        K, V, carry = source(t % num_chunks, carry)
-        return rule.update(w, state, K.astype(w.dtype), V.astype(w.dtype), precise, params), carry
+        pairs, carry = source(t % num_chunks, carry)
+        return rule.update(w, state, pairs.astype(w.dtype), precise, params), carry
 
     return lax.fori_loop(0, num_chunks * passes, body, (rule.init(w, params), carry))
 
@@ -381,8 +385,8 @@ def _write_arrays(rule, K, V, params, method):
     rows = max(-(-n // chunk) * chunk, d)  # whole chunks, and at least the d rows of a dual solve
     Kp = jnp.pad(K.astype(dtype), ((0, rows - n), (0, 0)))
     Vp = jnp.pad(V.astype(dtype), ((0, rows - n), (0, 0)))
-    source = lambda j, carry: (lax.dynamic_slice_in_dim(Kp, j * chunk, chunk),
-                               lax.dynamic_slice_in_dim(Vp, j * chunk, chunk), carry)
+    KVp = jnp.concatenate([Kp, Vp], axis=1)
+    source = lambda j, carry: (lax.dynamic_slice_in_dim(KVp, j * chunk, chunk), carry)
     state, _ = fold(w, source, n, params)
     written = finalize(w, state, n, params, First(Kp, Vp, jnp.arange(rows) < n))
     if w.can_fall_back:

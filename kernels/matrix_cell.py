@@ -102,8 +102,8 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
     def source(j, cache):
-        keys, values, cache = streams.draw_and_keep(stream, cache, j)
-        return *only_valid(j, keys, values)[:2], cache
+        both, cache = streams.draw_and_keep(stream, cache, j, streams.valid_rows(j, chunk, n))
+        return both, cache
 
     # The score pass reads the pairs the write kept, or draws them again (see MatrixFamily.keep).
     second = (lambda j: streams.read_kept(stream, cache, j)) if f.keep else stream.pairs
@@ -141,6 +141,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
     recalled = recall(sample_keys).astype(dtype)
     own = metrics.squared_distance_to_own(recalled, true_values)
     r2 = metrics.row_dot(recalled, recalled)
+    recalled_t = recalled.T
 
     # Loop 2: recall and score every chunk; scan its values for each sample's nearest other.
     def score(j, carry):
@@ -149,7 +150,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         queries = streams.queries_of(stream, j, keys, noise_std, mask, noisy=f.noisy, masked=f.masked)
         cos, dist = metrics.row_cos_dist(recall(queries), values, wide)
         return (moments.add(cos, dist, valid.astype(wide)),
-                metrics.nearest_other(nearest, recalled, r2, values, valid, j * chunk))
+                metrics.nearest_other(nearest, recalled_t, r2, values, valid, j * chunk))
 
     num_chunks = (n + chunk - 1) // chunk
     moments, nearest = lax.fori_loop(0, num_chunks, score, (metrics.Moments.zero(wide), jnp.full((Q,), jnp.inf, dtype)))

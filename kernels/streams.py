@@ -216,11 +216,16 @@ def new_cache(family, seeds: int) -> jax.Array:
     return jnp.zeros(cache_shape(family, seeds), family.dtype)
 
 
-def draw_and_keep(stream: Stream, cache, j):
-    """Keys and values of chunk j, drawn, and the cache with them stored when j < kept."""
+def draw_and_keep(stream: Stream, cache, j, valid=None):
+    """Chunk j drawn, keys and values side by side (chunk, d + dv), and the cache with it
+    stored when j < kept. valid: optional (chunk,) bool; rows where it is False are zeroed
+    before they are stored and returned (every pass masks them anyway)."""
     keys, values = stream.pairs(j)
+    both = jnp.concatenate([keys, values], axis=1)
+    if valid is not None:
+        both = jnp.where(valid[:, None], both, 0)
     slot = jnp.minimum(j, cache.shape[0] - 1)
-    return keys, values, lax.dynamic_update_index_in_dim(cache, jnp.concatenate([keys, values], axis=1), slot, 0)
+    return both, lax.dynamic_update_index_in_dim(cache, both, slot, 0)
 
 
 def read_kept(stream: Stream, cache, j):

@@ -118,10 +118,10 @@ def test_well_conditioned_gram_sums_flush_float32_partials_into_float64_exactly_
     n = int(3.4 * matrix.PARTIAL_ROWS)
     K, V = _pairs(n, d, dv, "gaussian", seed=11)
     w = matrix.Writer("pinv", d, dv, chunk, jnp.dtype(jnp.float32))
-    source = lambda j, carry: (jax.lax.dynamic_slice_in_dim(jnp.asarray(K), j * chunk, chunk),
-                               jax.lax.dynamic_slice_in_dim(jnp.asarray(V), j * chunk, chunk), carry)
     pad = -n % chunk
     K, V = np.pad(K, ((0, pad), (0, 0))), np.pad(V, ((0, pad), (0, 0)))
+    KV = jnp.asarray(np.concatenate([K, V], axis=1))
+    source = lambda j, carry: (jax.lax.dynamic_slice_in_dim(KV, j * chunk, chunk), carry)
     sums, _ = jax.jit(lambda: matrix.fold(w, source, n, matrix.Params()))()
     assert not bool(matrix.is_precise("pinv", n, d))
     K64 = K.astype(np.float64)
