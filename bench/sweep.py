@@ -35,9 +35,11 @@ _MEMORY_HEADROOM = 2.0
 # Bytes per device a family's cache of drawn pairs may take (less where the device has less).
 KEEP_BYTES = 2**30  # 1 GiB: the default run's d = 1024 families (3 seeds, n <= 2^15: 805 MB) keep theirs
 # XLA:CPU's loop-fusion emitters compile a cell program about 2x slower than its older ones
-# (1.8 s against 0.9 s for a d = 1024 matrix family here) and run large cells about 15%
-# faster: a family whose largest cell needs less than this many FLOPs per device (about
-# 3 s at this machine's matmul rate) compiles the fast way (see compiler_options).
+# (1.27 s against 0.73 s for a d = 1024 pinv family on a 2-core EPYC) and run its cells about
+# 13% faster (3.21 s against 3.67 s for n = 4..2^15): the quick way pays where a family's
+# cells together run less than about 4 s, i.e. need less than this many FLOPs per device in
+# all (see compiler_options). Counted over the family's cells, not its largest one: the
+# slower loops cost time in every cell.
 FAST_COMPILE_FLOPS = 1e12
 Family = kernels.MatrixFamily | kernels.AttentionFamily
 
@@ -178,10 +180,11 @@ def _stream_of(family: Family) -> tuple:
     return family.d, family.dv, family.patterns, family.dtype, family.chunk
 
 
-def compiler_options(largest_flops: float) -> dict[str, Any]:
-    """XLA options of a family whose largest cell needs ``largest_flops`` per device: on CPU,
-    the quicker-compiling fusion emitters where compiling dominates (FAST_COMPILE_FLOPS)."""
-    if jax.default_backend() != "cpu" or largest_flops >= FAST_COMPILE_FLOPS:
+def compiler_options(family_flops: float) -> dict[str, Any]:
+    """XLA options of a family whose cells need ``family_flops`` per device in all (the cells
+    a run will run): on CPU, the quicker-compiling fusion emitters where compiling dominates
+    (FAST_COMPILE_FLOPS)."""
+    if jax.default_backend() != "cpu" or family_flops >= FAST_COMPILE_FLOPS:
         return {}
     return {"xla_cpu_use_fusion_emitters": False}
 
@@ -326,8 +329,8 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     seeds = list(range(spec.seeds))
     padded = seeds + [seeds[-1]] * (-len(seeds) % len(devices))  # pad to a multiple of devices
     per_device = len(padded) // len(devices)
-    largest_flops: dict[Family, float] = {}  # per device, over the family's cells (compiler_options)
-    programs = _Programs(mesh, len(padded), lambda f: compiler_options(largest_flops.get(f, math.inf)))
+    family_flops: dict[Family, float] = {}  # per device, summed over the family's cells (compiler_options)
+    programs = _Programs(mesh, len(padded), lambda f: compiler_options(family_flops.get(f, math.inf)))
     seed_array = jax.device_put(np.array(padded, np.int32), NamedSharding(mesh, PartitionSpec("seeds")))
     available = environment.device_memory_bytes()
     budget = min(KEEP_BYTES, available // 8) if available else KEEP_BYTES
@@ -347,7 +350,7 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
         runnable = [c for c in cells if not (c.separation == "topk" and c.topk > c.n)]  # the rest are skipped
         for cell in runnable:
             f = family(cell)
-            largest_flops[f] = max(largest_flops.get(f, 0.0), cell_flops(cell) * per_device)
+            family_flops[f] = family_flops.get(f, 0.0) + cell_flops(cell) * per_device
         for cell in runnable:
             f = family(cell)
             if f in seen:
