@@ -203,6 +203,25 @@ def test_the_glove_table_is_loaded_once_per_mesh():
     assert sweep.glove_table(mesh) is first and first.shape == (spec_module.GLOVE_WORDS, spec_module.GLOVE_DIM)
 
 
+def test_the_quick_way_is_chosen_by_the_family_s_cells_together(tmp_path, monkeypatch):
+    """A family whose cells are each small but together need FAST_COMPILE_FLOPS or more per
+    device compiles the default way: the quick emitters' slower loops cost time in every cell
+    (a choice by its largest cell compiled the default run's big families the quick way and
+    ran them ~10% slower)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the quick emitters are an XLA:CPU option")
+    spec = SweepSpec(kernels=("hebbian",), d=(16,), n=(8, 64, 512), seeds=2)
+    per_device = -(-spec.seeds // len(jax.devices()))
+    flops = [sweep.cell_flops(c) * per_device for c in spec.cells(auto_method="gram64-cholesky")]
+    assert max(flops) < sum(flops)
+    monkeypatch.setattr(sweep, "FAST_COMPILE_FLOPS", (max(flops) + sum(flops)) / 2)
+    _, manifest = _run(spec, tmp_path / "together")
+    assert manifest["compiled_programs"] == 1 and manifest["fast_compile_programs"] == 0
+    monkeypatch.setattr(sweep, "FAST_COMPILE_FLOPS", sum(flops) * 1.01)
+    _, manifest = _run(spec, tmp_path / "under")
+    assert manifest["compiled_programs"] == 1 and manifest["fast_compile_programs"] == 1
+
+
 def test_small_families_compile_the_quick_way_and_measure_the_same(tmp_path, monkeypatch):
     """On CPU, a family of small cells is compiled with XLA's quicker-compiling fusion emitters
     (sweep.compiler_options); large ones and other backends are compiled as they come. The
