@@ -4,6 +4,7 @@ on; compile once per family; the theory and knob columns land in the rows."""
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import numpy as np
@@ -201,6 +202,27 @@ def test_the_glove_table_is_loaded_once_per_mesh():
     mesh = Mesh(np.array(jax.devices()), ("seeds",))
     first = sweep.glove_table(mesh)
     assert sweep.glove_table(mesh) is first and first.shape == (spec_module.GLOVE_WORDS, spec_module.GLOVE_DIM)
+
+
+def test_a_family_and_its_baseline_program_compile_side_by_side(tmp_path, monkeypatch):
+    """The first cell waits for its family's program and its stream's baseline program: they
+    compile at once (sweep.COMPILE_THREADS), not one after the other."""
+    intervals: dict[str, tuple[float, float]] = {}
+
+    def timed(name, real):
+        def compile_(self, *args):
+            start = time.perf_counter()
+            out = real(self, *args)
+            intervals.setdefault(name, (start, time.perf_counter()))
+            return out
+        return compile_
+
+    monkeypatch.setattr(sweep._Programs, "_compile", timed("family", sweep._Programs._compile))
+    monkeypatch.setattr(sweep._Programs, "_compile_baseline", timed("baseline", sweep._Programs._compile_baseline))
+    df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 8), seeds=1), tmp_path)
+    assert (df["status"] == "ok").all()
+    (f0, f1), (b0, b1) = intervals["family"], intervals["baseline"]
+    assert b0 < f1 and f0 < b1, f"family {f0:.3f}-{f1:.3f} s, baseline {b0:.3f}-{b1:.3f} s: one after the other"
 
 
 def test_the_quick_way_is_chosen_by_the_family_s_cells_together(tmp_path, monkeypatch):
