@@ -115,11 +115,12 @@ class Writer(NamedTuple):
 class Rule(NamedTuple):
     """One write rule: a fold over chunks of pairs, init -> update(chunk)* -> finalize.
 
-    init(w, params) -> state; update(w, state, KV, precise, params) -> state, KV (c, d + dv)
-    the chunk's keys and values side by side (rows at or beyond n are zero); finalize(w, state, n, params, first: First) ->
-    Written. write_flops(n, d, dv, passes): analytic floating-point operations of the write
-    (multiply-add = 2). The knobs it reads and whether it solves least squares are declared
-    once in ``kernels.names.MEMORIES`` (see ``knobs``, ``least_squares``)."""
+    init(w, params) -> state; update(w, state, KV, precise, params) -> state, where KV
+    (c, d + dv) holds the chunk's keys and values side by side (rows at or beyond n are zero);
+    finalize(w, state, n, params, first: First) -> Written. write_flops(n, d, dv, passes):
+    analytic floating-point operations of the write (multiply-add = 2). The knobs it reads
+    and whether it solves least squares are declared once in ``kernels.names.MEMORIES`` (see
+    ``knobs``, ``least_squares``)."""
 
     name: str
     init: Callable

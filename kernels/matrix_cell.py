@@ -102,8 +102,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         return jnp.where(valid[:, None], keys, 0), jnp.where(valid[:, None], values, 0), valid
 
     def source(j, cache):
-        both, cache = streams.draw_and_keep(stream, cache, j, streams.valid_rows(j, chunk, n))
-        return both, cache
+        return streams.draw_and_keep(stream, cache, j, streams.valid_rows(j, chunk, n))
 
     # The score pass reads the pairs the write kept, or draws them again (see MatrixFamily.keep).
     second = (lambda j: streams.read_kept(stream, cache, j)) if f.keep else stream.pairs
