@@ -45,7 +45,8 @@ FAST_COMPILE_FLOPS = 1e12
 # Programs compiled side by side in the background. Two: while the first cell waits for its
 # family and its pair stream's baseline program, both compile at once instead of one after
 # the other on a core of two (the classic grid, cold cache, seven interleaved rounds: 12.5-14.0 s
-# against 12.8-15.4 s, its wait for programs 0.5-1.8 s against 2.3-3.3 s).
+# against 12.8-15.4 s; its wait for programs, in the five rounds that recorded it, 0.5-1.8 s
+# against 2.3-3.3 s).
 COMPILE_THREADS = 2
 Family = kernels.MatrixFamily | kernels.AttentionFamily
 

@@ -193,16 +193,15 @@ def ridge_lam(w: Writer, params: Params):
     return jnp.where(jnp.asarray(params.min_norm, bool), 0.0, params.lam)
 
 
-def _ls_update(w: Writer, state, KX, precise, params):
-    K = KX[:, :w.d]
+def _ls_update(w: Writer, state, KV, precise, params):
     if w.uses_qr:
-        return jnp.linalg.qr(jnp.concatenate([state, KX]), mode="r")[:w.d + w.dv]
-    wide = w.wide
+        return jnp.linalg.qr(jnp.concatenate([state, KV]), mode="r")[:w.d + w.dv]
+    K, wide = KV[:, :w.d], w.wide
     # Gram and cross term in one product K^T [K | V]. float32 products are exact in float64;
     # only ill-conditioned K pays for float64 sums, chunk by chunk. Well-conditioned chunks
     # (cond(K)^2 < 9) are summed in float32 over PARTIAL_ROWS rows at most, then flushed.
-    full, part = lax.cond(precise, lambda: (state.full + K.astype(wide).T @ KX.astype(wide), state.partial),
-                          lambda: (state.full, state.partial + K.T @ KX))
+    full, part = lax.cond(precise, lambda: (state.full + K.astype(wide).T @ KV.astype(wide), state.partial),
+                          lambda: (state.full, state.partial + K.T @ KV))
     if wide == w.dtype:
         return Sums(full, part, state.count + 1)
     flush = (state.count + 1) % max(1, PARTIAL_ROWS // w.chunk) == 0
@@ -241,15 +240,15 @@ def _ls_flops(with_dual: bool):
 # --- hebbian: W = K^T V ------------------------------------------------------------------------
 
 
-def _hebbian_update(w: Writer, cross, KX, precise, params):
-    return cross + (KX[:, :w.d].T @ KX[:, w.d:]).astype(w.wide)
+def _hebbian_update(w: Writer, cross, KV, precise, params):
+    return cross + (KV[:, :w.d].T @ KV[:, w.d:]).astype(w.wide)
 
 
 # --- delta rule: pair by pair, a block at a time -------------------------------------------------
 
 
-def _delta_update(w: Writer, W, KX, precise, params):
-    K, V = KX[:, :w.d], KX[:, w.d:]
+def _delta_update(w: Writer, W, KV, precise, params):
+    K, V = KV[:, :w.d], KV[:, w.d:]
     valid = jnp.any(K != 0, axis=1)  # padding rows are zero and must not move W
     return _delta_chunk(W, K, V, valid, params.eta, w.dtype)
 
