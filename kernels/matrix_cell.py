@@ -119,13 +119,19 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, lam))
     W = written.W
     W_low = W.astype(dtype)  # cast once, outside the loop
+    # Each branch hands its recall to metrics.row_cos_dist as computed: a float32 recall is
+    # scored without the scaling passes that a float64 one needs (see row_cos_dist).
     if matrix.RULES[f.rule].least_squares:
         precise = matrix.is_precise(f.rule, n, f.d)
         # float64 products where K is ill conditioned: recall error ~ cond(K) * eps there.
         recall = lambda queries: lax.cond(precise, lambda: queries.astype(wide) @ W.astype(wide),
                                           lambda: (queries @ W_low).astype(wide))
+        scored = lambda queries, values: lax.cond(
+            precise, lambda: metrics.row_cos_dist(queries.astype(wide) @ W.astype(wide), values, wide),
+            lambda: metrics.row_cos_dist(queries @ W_low, values, wide))
     else:
         recall = lambda queries: (queries @ W_low).astype(wide)
+        scored = lambda queries, values: metrics.row_cos_dist(queries @ W_low, values, wide)
 
     # The accuracy sample: the first Q pairs, read from the cache, corrupted as the score loop
     # corrupts them (the same noise and mask draws of their chunks).
@@ -147,7 +153,7 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         moments, nearest = carry
         keys, values, valid = only_valid(j, *second(j))
         queries = streams.queries_of(stream, j, keys, noise_std, mask, noisy=f.noisy, masked=f.masked)
-        cos, dist = metrics.row_cos_dist(recall(queries), values, wide)
+        cos, dist = scored(queries, values)
         return (moments.add(cos, dist, valid.astype(wide)),
                 metrics.nearest_other(nearest, recalled_t, r2, values, valid, j * chunk))
 

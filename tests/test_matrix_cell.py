@@ -246,3 +246,28 @@ def test_profile_cell_times_every_n_of_one_family(flags, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("hebbian d=16 chunk=64 keep=64: trace+lower")
     assert [line.split(":")[0] for line in lines[1:]] == ["n=4", "n=64", "all 2 cells"]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e36, 1e-30])  # ordinary; squares beyond float32's range, above, below
+def test_float32_rows_are_scored_in_float64_without_scaling_as_exactly_as_float64_rows(scale):
+    """metrics.row_cos_dist sums float32 rows' squares in float64 as they are (they cannot
+    overflow or underflow there), without the scaling passes float64 rows need: the same
+    cosines and distances as NumPy in float64 and as float64 rows, at any float32 magnitude;
+    a zero row has cosine 0."""
+    from kernels import metrics
+
+    rng = np.random.default_rng(3)
+    R = (rng.standard_normal((64, 96)) * scale).astype(np.float32)
+    V = (R + 0.1 * scale * rng.standard_normal((64, 96))).astype(np.float32)
+    R[5] = 0.0
+    assert np.all(np.isfinite(R)) and np.all(np.abs(R[R != 0]) > 0)
+    R64, V64 = R.astype(np.float64), V.astype(np.float64)
+    norms = np.linalg.norm(R64, axis=1) * np.linalg.norm(V64, axis=1)
+    cos_ref = np.where(norms > 0, np.sum(R64 * V64, axis=1) / np.where(norms > 0, norms, 1), 0.0)
+    dist_ref = np.linalg.norm(R64 - V64, axis=1)
+    assert metrics._squares_fit(R.dtype, V.dtype, jnp.float64)
+    for rows in (R, R64):  # float32 rows (the quick sums) and float64 rows (the scaled ones)
+        cos, dist = (np.asarray(x) for x in metrics.row_cos_dist(jnp.asarray(rows), jnp.asarray(V), jnp.float64))
+        np.testing.assert_allclose(cos, cos_ref, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(dist, dist_ref, rtol=1e-14)
+        assert cos[5] == 0.0
