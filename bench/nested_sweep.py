@@ -453,10 +453,10 @@ def run(spec, run_dir, manifest: dict[str, Any], *, save: Callable[[], None], pr
     programs = _Compiled()
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(every), initial=len(every) - len(todo), desc="nested cells", unit="cell", disable=not show,
-              file=sys.stderr) as bar:
+              file=sys.stderr) as bar, store.PartWriter(run_dir) as writer:
         for cell in todo:
             bar.set_postfix_str(cell.label(), refresh=False)
-            store.write_part(run_dir, cell.id, measure(cell, spec.seeds, programs, run_dir.name))
+            writer.submit(cell.id, measure(cell, spec.seeds, programs, run_dir.name))
             bar.update()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.count
     manifest.setdefault("compile_wait_s", 0.0)

@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -254,9 +255,69 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 def load_converters() -> None:
     """Import what the first part's conversion imports: pyarrow converts Python values through
-    its pandas shim, which imports pandas (1.6 s here). A sweep calls this while its first
-    program compiles in the background, instead of paying it after its first cell."""
+    its pandas shim, which imports pandas (0.8 s alone here; 1.8 s beside the compile threads'
+    tracing). PartWriter does this on its own thread as it starts."""
     pa.array([0.0])
+
+
+class PartWriter:
+    """Writes finished cells' parts on a thread of its own, in the order given, so the sweep
+    runs its next cell while a part is written (0.68 s for the classic grid's 70 parts) and
+    while the first conversion imports pandas (load_converters, done first). A write that
+    fails stops every later one, so the parts on disk are still a prefix of the finished
+    cells; the failure is raised in the sweep's thread by the next ``submit`` or by ``close``.
+    ``rows`` hands back a part's rows until it is on disk (a capacity search reads its
+    probes again)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parts")
+        self._pending: dict[str, tuple[Future, list[dict[str, Any]]]] = {}
+        self._failure: BaseException | None = None
+        self._pool.submit(load_converters)
+
+    def submit(self, cell_id: str, rows: list[dict[str, Any]]) -> None:
+        """Queue a part (raises the failure of an earlier write instead)."""
+        self._forget_written()
+        if self._failure is not None:
+            raise self._failure
+        self._pending[cell_id] = (self._pool.submit(self._write, cell_id, rows), rows)
+
+    def rows(self, cell_id: str) -> list[dict[str, Any]] | None:
+        """The rows of a part not yet known to be written, else None (read it from disk)."""
+        self._forget_written()
+        pending = self._pending.get(cell_id)
+        return None if pending is None else pending[1]
+
+    def close(self) -> None:
+        """Wait for every queued part; then raise the first failed write, if any."""
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+        if self._failure is not None:
+            raise self._failure
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """close(); where an error is already on its way out, it wins over a failed write (the
+        parts of the cells that finished reach the disk either way)."""
+        try:
+            self.close()
+        except Exception:
+            if kind is None:
+                raise
+
+    def _write(self, cell_id: str, rows: list[dict[str, Any]]) -> None:
+        if self._failure is None:
+            try:
+                write_part(self.run_dir, cell_id, rows)
+            except BaseException as e:  # noqa: BLE001 - handed to the sweep's thread
+                self._failure = e
+
+    def _forget_written(self) -> None:
+        for cell_id in [c for c, (future, _) in self._pending.items() if future.done()]:
+            del self._pending[cell_id]
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:

@@ -323,7 +323,7 @@ def check_fits(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save: Callable[[], None],
-              progress: bool | None = None, on_cell_done: Callable[[Cell], None] | None = None,
+              progress: bool | None = None,
               mine: Callable[[Cell], bool] | None = None, finished: set[str] | None = None) -> dict[str, Any]:
     """Run every cell of ``spec`` not yet finished in ``run_dir`` (or, for a capacity spec,
     every search, reusing finished probes). ``manifest`` is the run's, held by bench.pipeline:
@@ -384,20 +384,20 @@ def run_sweep(spec: SweepSpec, run_dir: Path, manifest: dict[str, Any], *, save:
     def run_cell(cell: Cell) -> list[dict[str, Any]]:
         cid = part_id(cell)
         if cid in done:
-            return store.read_part(run_dir, cid)
+            rows = writer.rows(cid)
+            return store.read_part(run_dir, cid) if rows is None else rows
         rows = _run_one(cell, family(cell), programs, seed_array, len(seeds), per_device, available,
                         run_id=run_dir.name, cell_id=cid)
-        store.write_part(run_dir, cid, rows)
+        writer.submit(cid, rows)
         done.add(cid)
-        if on_cell_done is not None:
-            on_cell_done(cell)
         return rows
 
     try:
-        if spec.capacity:  # which probes a search needs is known only as it goes: compiled on demand
-            order = _capacity_searches(spec, run_dir, run_cell, part_id, show, method)
-        else:
-            order = _grid(spec, run_cell, part_id, done, prefetch, show, method, mine)
+        with store.PartWriter(run_dir) as writer:
+            if spec.capacity:  # which probes a search needs is known only as it goes: compiled on demand
+                order = _capacity_searches(spec, run_dir, run_cell, part_id, show, method)
+            else:
+                order = _grid(spec, run_cell, part_id, done, prefetch, show, method, mine)
     finally:
         programs.close()
     manifest["compiled_programs"] = manifest.get("compiled_programs", 0) + programs.compile_count
@@ -414,7 +414,6 @@ def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, method
     cells = spec.cells(auto_method=method)
     todo = [c for c in cells if part_id(c) not in done and (mine is None or mine(c))]
     prefetch(todo)
-    store.load_converters()  # while the first program compiles
     total = len(cells) if mine is None else len(todo)
     with tqdm(total=total, initial=total - len(todo), desc="cells", unit="cell", disable=not show,
               file=sys.stderr) as bar:

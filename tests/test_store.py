@@ -3,8 +3,11 @@ reading an unfinished run, and run directories that never collide."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,6 +32,59 @@ def test_parts_merge_in_cell_order_with_the_manifest_in_the_schema(tmp_path):
     meta = pq.read_schema(run_dir / store.RESULTS).metadata
     assert json.loads(meta[b"manifest"])["x"] == 1
     assert list(store.load_results(run_dir)["cos_mean"]) == [0.25, 0.75, 0.5]
+
+
+def test_the_part_writer_writes_in_the_background_in_order_and_hands_back_pending_rows(tmp_path, monkeypatch):
+    run_dir = store.new_run_dir(tmp_path)
+    release, order = threading.Event(), []
+    real = store.write_part
+
+    def slow(run_dir, cell_id, rows):
+        assert release.wait(10), "the writer was never released"
+        order.append(cell_id)
+        real(run_dir, cell_id, rows)
+
+    monkeypatch.setattr(store, "write_part", slow)
+    writer = store.PartWriter(run_dir)
+    writer.submit("b", [_row("b", 0, 0.5)])
+    writer.submit("a", [_row("a", 0, 0.25)])  # returns while "b" is still being written
+    assert writer.rows("a") == [_row("a", 0, 0.25)] and writer.rows("c") is None
+    assert store.finished_cells(run_dir) == set()
+    release.set()
+    writer.close()
+    assert order == ["b", "a"] and store.finished_cells(run_dir) == {"a", "b"}
+    assert writer.rows("a") is None  # on disk now: read it from there
+
+
+def test_a_failed_part_write_stops_later_ones_and_is_raised_in_the_sweep_s_thread(tmp_path, monkeypatch):
+    run_dir = store.new_run_dir(tmp_path)
+    real = store.write_part
+    failed = threading.Event()
+
+    def fills_up(run_dir, cell_id, rows):
+        if cell_id == "b":
+            failed.set()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(run_dir, cell_id, rows)
+
+    monkeypatch.setattr(store, "write_part", fills_up)
+    writer = store.PartWriter(run_dir)
+    for cell_id in "abc":
+        writer.submit(cell_id, [_row(cell_id, 0, 0.5)])
+    assert failed.wait(10)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert store.finished_cells(run_dir) == {"a"}  # still a prefix of the finished cells
+    writer = store.PartWriter(run_dir)
+    writer.submit("a", [_row("a", 0, 0.5)])
+    while writer.rows("a") is not None:
+        time.sleep(0.01)
+    monkeypatch.setattr(store, "write_part", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    writer.submit("b", [_row("b", 0, 0.5)])
+    while writer.rows("b") is not None:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="disk full"):
+        writer.submit("c", [_row("c", 0, 0.5)])
 
 
 def test_an_unfinished_run_reads_from_its_parts_and_an_empty_one_says_so(tmp_path):

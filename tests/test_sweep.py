@@ -4,6 +4,7 @@ on; compile once per family; the theory and knob columns land in the rows."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import jax
@@ -223,6 +224,28 @@ def test_a_family_and_its_baseline_program_compile_side_by_side(tmp_path, monkey
     assert (df["status"] == "ok").all()
     (f0, f1), (b0, b1) = intervals["family"], intervals["baseline"]
     assert b0 < f1 and f0 < b1, f"family {f0:.3f}-{f1:.3f} s, baseline {b0:.3f}-{b1:.3f} s: one after the other"
+
+
+def test_the_next_cell_runs_while_a_part_is_written(tmp_path, monkeypatch):
+    """Parts are written on a thread of their own (store.PartWriter): the first cell's write
+    waits until the second cell has started, which a write in the sweep's thread never sees."""
+    second_started, real_measure, real_write = threading.Event(), sweep._measure, store.write_part
+    measured = []
+
+    def measure(cell, *args, **kwargs):
+        measured.append(cell.n)
+        if len(measured) == 2:
+            second_started.set()
+        return real_measure(cell, *args, **kwargs)
+
+    def write(run_dir, cell_id, rows):
+        assert second_started.wait(20), "the sweep waited for the part to be written"
+        real_write(run_dir, cell_id, rows)
+
+    monkeypatch.setattr(sweep, "_measure", measure)
+    monkeypatch.setattr(store, "write_part", write)
+    df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 8), seeds=1), tmp_path)
+    assert (df["status"] == "ok").all() and list(df["n"]) == [4, 8] and measured == [4, 8]
 
 
 def test_the_quick_way_is_chosen_by_the_family_s_cells_together(tmp_path, monkeypatch):
