@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import Mesh
 
 import kernels
+from kernels import streams
 from bench import environment, rundir, store, sweep
 from conftest import sweep_into
 from bench import spec as spec_module
@@ -246,6 +247,46 @@ def test_the_next_cell_runs_while_a_part_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "write_part", write)
     df, _ = _run(SweepSpec(kernels=("hebbian",), d=(8,), n=(4, 8), seeds=1), tmp_path)
     assert (df["status"] == "ok").all() and list(df["n"]) == [4, 8] and measured == [4, 8]
+
+
+def test_families_sharing_a_buffer_run_together_and_change_no_number(tmp_path, monkeypatch):
+    """Cells run family by family, families of one cache-buffer shape one after another
+    (sweep.running_order), so the buffer is allocated once per shape, not at every change of
+    family in the spec's order; rows are stored in the spec's order, and sharing a buffer
+    changes no number (each kernel alone gives the same rows)."""
+    allocated, real_new_cache = [], streams.new_cache
+
+    def new_cache(family, seeds):
+        allocated.append((family.d, type(family).__name__))
+        return real_new_cache(family, seeds)
+
+    monkeypatch.setattr(streams, "new_cache", new_cache)
+    spec = SweepSpec(kernels=("pinv", "hebbian", "ridge", "attention"), d=(8, 16), n=(4, 8), seeds=1)
+    run_dir = store.new_run_dir(tmp_path / "mixed")
+    manifest = sweep_into(spec, run_dir)
+    store.merge(run_dir, manifest, manifest["cell_order"])
+    mixed = store.load_results(run_dir)
+    # One buffer per shape (matrix and attention caches differ in length); the spec's order
+    # would have allocated one per change of family: 8.
+    assert allocated == [(8, "MatrixFamily"), (16, "MatrixFamily"), (8, "AttentionFamily"), (16, "AttentionFamily")]
+    assert list(dict.fromkeys(mixed["cell_id"])) == manifest["cell_order"]
+    assert list(dict.fromkeys(mixed["kernel"])) == ["pinv", "hebbian", "ridge", "attention"]
+    assert (mixed["status"] == "ok").all()
+    columns = ["kernel", "d", "n", "seed", "cos_mean", "cos_std", "dist_mean", "acc", "baseline_cos", "baseline_dist"]
+    for kernel in spec.kernels:
+        alone, _ = _run(SweepSpec(kernels=(kernel,), d=(8, 16), n=(4, 8), seeds=1), tmp_path / kernel)
+        both = mixed[mixed.kernel == kernel].sort_values(["d", "n", "seed"]).reset_index(drop=True)
+        assert both[columns].equals(alone[columns]), kernel
+
+
+def test_running_order_groups_families_and_buffers_in_order_of_first_appearance():
+    spec = SweepSpec(kernels=("pinv", "hebbian", "ridge"), d=(8, 16), n=(4, 8), seeds=1)
+    cells = spec.cells(auto_method="gram64")
+    order = sweep.running_order(cells, lambda c: sweep.family_of(c, keep=8))
+    assert sorted(order, key=cells.index) == cells  # every cell once
+    assert [(c.kernel, c.d, c.n) for c in order] == [
+        ("pinv", 8, 4), ("pinv", 8, 8), ("ridge", 8, 4), ("ridge", 8, 8), ("hebbian", 8, 4), ("hebbian", 8, 8),
+        ("pinv", 16, 4), ("pinv", 16, 8), ("ridge", 16, 4), ("ridge", 16, 8), ("hebbian", 16, 4), ("hebbian", 16, 8)]
 
 
 def test_the_quick_way_is_chosen_by_the_family_s_cells_together(tmp_path, monkeypatch):
