@@ -54,7 +54,8 @@ Family = kernels.MatrixFamily | kernels.AttentionFamily
 class _Programs:
     """Compiled programs, one per family, compiled ahead of time, and the cache buffer of the
     cells running now (donated to each call and handed back, so it is allocated once per
-    buffer shape: families of one d, dv, chunk and keep share it, see running_order). ``prefetch`` compiles a family in the background (COMPILE_THREADS) while another one runs;
+    buffer shape: families of one d, dv, chunk and keep share it, see running_order).
+    ``prefetch`` compiles a family in the background (COMPILE_THREADS) while another one runs;
     a family's compile time (measured in that thread) is charged to its first cell, and the
     time cells actually waited is summed in ``compile_wait_s``."""
 

@@ -119,19 +119,19 @@ def _run_seed(f: MatrixFamily, seed, buffer, n, noise, params, mask, table):
         written = lax.cond(written.ok, lambda: written, lambda: matrix.eigh_fallback(written, lam))
     W = written.W
     W_low = W.astype(dtype)  # cast once, outside the loop
-    # Each branch hands its recall to metrics.row_cos_dist as computed: a float32 recall is
-    # scored without the scaling passes that a float64 one needs (see row_cos_dist).
+    low = lambda queries: queries @ W_low
+    # The score loop hands each branch's recall to metrics.row_cos_dist as computed: a float32
+    # recall is scored without the scaling passes that a float64 one needs (see row_cos_dist).
     if matrix.RULES[f.rule].least_squares:
         precise = matrix.is_precise(f.rule, n, f.d)
         # float64 products where K is ill conditioned: recall error ~ cond(K) * eps there.
-        recall = lambda queries: lax.cond(precise, lambda: queries.astype(wide) @ W.astype(wide),
-                                          lambda: (queries @ W_low).astype(wide))
-        scored = lambda queries, values: lax.cond(
-            precise, lambda: metrics.row_cos_dist(queries.astype(wide) @ W.astype(wide), values, wide),
-            lambda: metrics.row_cos_dist(queries @ W_low, values, wide))
+        high = lambda queries: queries.astype(wide) @ W.astype(wide)
+        recall = lambda queries: lax.cond(precise, lambda: high(queries), lambda: low(queries).astype(wide))
+        scored = lambda queries, values: lax.cond(precise, lambda: metrics.row_cos_dist(high(queries), values, wide),
+                                                  lambda: metrics.row_cos_dist(low(queries), values, wide))
     else:
-        recall = lambda queries: (queries @ W_low).astype(wide)
-        scored = lambda queries, values: metrics.row_cos_dist(queries @ W_low, values, wide)
+        recall = lambda queries: low(queries).astype(wide)
+        scored = lambda queries, values: metrics.row_cos_dist(low(queries), values, wide)
 
     # The accuracy sample: the first Q pairs, read from the cache, corrupted as the score loop
     # corrupts them (the same noise and mask draws of their chunks).
