@@ -69,7 +69,7 @@ class _Programs:
         self.fast_compile_count = 0  # programs compiled with compiler options (compiler_options)
         self._count_lock = threading.Lock()  # compiles finish on several threads
         self._pool = ThreadPoolExecutor(max_workers=COMPILE_THREADS, thread_name_prefix="compile")
-        self._cache: tuple[tuple, Any] | None = None  # (cache shape and dtype, buffer)
+        self._cache: tuple[tuple, Any] | None = None  # (buffer_of its families, buffer)
         self._charged: set = set()
         # The random baselines of each pair stream (see baselines): compiled programs, and
         # their values per seed once computed.
@@ -121,7 +121,7 @@ class _Programs:
         """Run one cell with a cache buffer of the family's shape, allocated only when the shape
         changes: families of the same d, dv, chunk and keep share one (each cell writes the
         chunks it reads before reading them; stale rows beyond n are masked)."""
-        shape = (streams.cache_shape(family, self.seeds), family.dtype)
+        shape = buffer_of(family)
         if self._cache is None or self._cache[0] != shape:
             self._cache = None  # free the previous buffer first
             batch = NamedSharding(self.mesh, PartitionSpec("seeds"))
@@ -420,16 +420,19 @@ def running_order(cells: list[Cell], family: Callable[[Cell], Family]) -> list[C
     in pinv's program; dot and scaled_dot attention by n); run in its order, a buffer was
     allocated and filled again at every change (805 MB for d = 1024 and 3 seeds, about 0.25 s
     each). Results are stored in the spec's order whatever this order is."""
-    def buffer(f: Family) -> tuple:
-        return streams.cache_shape(f, 1), f.dtype
-
     first_buffer: dict[tuple, int] = {}
     first_family: dict[Family, int] = {}
     for i, cell in enumerate(cells):
         f = family(cell)
-        first_buffer.setdefault(buffer(f), i)
+        first_buffer.setdefault(buffer_of(f), i)
         first_family.setdefault(f, i)
-    return sorted(cells, key=lambda c: (first_buffer[buffer(family(c))], first_family[family(c)]))
+    return sorted(cells, key=lambda c: (first_buffer[buffer_of(family(c))], first_family[family(c)]))
+
+
+def buffer_of(family: Family) -> tuple:
+    """What a family's cache buffer is: its shape per seed and dtype. Families with the same
+    one share a buffer (_Programs.run) and run one after another (running_order)."""
+    return streams.cache_shape(family, 1), family.dtype
 
 
 def _grid(spec: SweepSpec, run_cell, part_id, done, prefetch, show: bool, method: str, mine=None,

@@ -383,12 +383,11 @@ def _write_arrays(rule, K, V, params, method):
     method = default_method() if method == "auto" else method
     w = Writer(rule, d, V.shape[1], chunk, jnp.dtype(dtype), method)
     rows = max(-(-n // chunk) * chunk, d)  # whole chunks, and at least the d rows of a dual solve
-    Kp = jnp.pad(K.astype(dtype), ((0, rows - n), (0, 0)))
-    Vp = jnp.pad(V.astype(dtype), ((0, rows - n), (0, 0)))
-    KVp = jnp.concatenate([Kp, Vp], axis=1)
+    # Keys and values side by side, as fold's source hands them over; padded once.
+    KVp = jnp.pad(jnp.concatenate([K.astype(dtype), V.astype(dtype)], axis=1), ((0, rows - n), (0, 0)))
     source = lambda j, carry: (lax.dynamic_slice_in_dim(KVp, j * chunk, chunk), carry)
     state, _ = fold(w, source, n, params)
-    written = finalize(w, state, n, params, First(Kp, Vp, jnp.arange(rows) < n))
+    written = finalize(w, state, n, params, First(KVp[:, :d], KVp[:, d:], jnp.arange(rows) < n))
     if w.can_fall_back:
         written = lax.cond(written.ok, lambda: written, lambda: eigh_fallback(written, ridge_lam(w, params)))
     return written.W.astype(dtype)
