@@ -132,6 +132,28 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
     queries, true_values = qbuf[:Q], vbuf[:Q]
     num_chunks = (n + chunk - 1) // chunk
 
+    # Top-k and max over kept pairs carry the best keys' rows through the pass and read their
+    # values from the cache once at its end (the same values: the cache holds the chunks as
+    # drawn); over pairs drawn again they carry the values (a row drawn on its own is not
+    # always its chunk's row to the last bit: sphere patterns are normalised per draw).
+    by_rows = bool(f.keep) and f.separation in attention.BY_ROWS
+    dvh = f.dv // h
+
+    def update(state, scores, j, values, valid):
+        if by_rows:
+            return attention.top_rows_update(state, scores, j * chunk, valid)
+        return sep.update(state, scores, attention.split_heads(values, h), valid, sep_knobs)
+
+    def result(state):
+        if by_rows:
+            top_s, top_i = state
+            state = (top_s, _kept_values(cache, top_i, 0 if auto else f.d, dvh))
+        return attention.merge_heads(sep.result(state, sep_knobs))
+
+    def init():
+        state = sep.init(h, Q, dvh, f.k, dtype)
+        return (state[0], jnp.zeros(state[0].shape, jnp.int32)) if by_rows else state
+
     # Loops 2..steps+1: one attention pass over the whole memory per update.
     for step in range(f.steps):
         qh = sim.prepare(attention.split_heads(queries, h))
@@ -146,10 +168,10 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
             else:
                 keys, values, valid = kept_pairs(j, cache)
             kh = sim.prepare(attention.split_heads(keys, h))
-            return sep.update(state, sim.scores(qh, kh), attention.split_heads(values, h), valid, sep_knobs), cache
+            return update(state, sim.scores(qh, kh), j, values, valid), cache
 
-        state, cache = lax.fori_loop(0, num_chunks, attend, (sep.init(h, Q, f.dv // h, f.k, dtype), cache))
-        queries = attention.merge_heads(sep.result(state, sep_knobs))
+        state, cache = lax.fori_loop(0, num_chunks, attend, (init(), cache))
+        queries = result(state)
     recalled = queries
 
     # The nearest other stored value of each recalled one.
@@ -173,6 +195,16 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
     out = metrics.finish(moments, jnp.sum(in_sample & (own < nearest)), m, base, bad=bad, method=0, solved=True,
                          wide=wide)
     return out, cache
+
+
+def _kept_values(cache, rows, col0: int, width: int):
+    """Values of the given kept rows per head: rows (h, q, w) int32 (row r is row r % chunk of
+    chunk r // chunk), head i's values columns col0 + i * width on -> (h, q, w, width)."""
+    flat = cache.reshape(-1, cache.shape[-1])
+    take = lambda r, col: lax.dynamic_slice(flat, (r, col), (1, width))[0]
+    per_head = jax.vmap(jax.vmap(take, (0, None)), (0, None))  # over queries, then their w rows
+    cols = col0 + width * jnp.arange(rows.shape[0], dtype=jnp.int32)
+    return jax.vmap(per_head)(rows, cols)
 
 
 def attention_flops(n: int, d: int, dv: int, queries: int, steps: int = 1) -> float:

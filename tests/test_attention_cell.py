@@ -140,6 +140,27 @@ def test_one_program_serves_every_n_and_knob():
         assert fn._cache_size() == before
 
 
+@pytest.mark.parametrize("sep,k", [("topk", 3), ("max", 1)])
+@pytest.mark.parametrize("dist,heads,steps,sim", [("gaussian", 1, 1, "dot"), ("sphere", 2, 1, "euclidean"),
+                                                  ("binary", 1, 2, "scaled_dot"), ("sphere", 2, 2, "cosine")])
+def test_kept_top_keys_carry_rows_and_give_the_same_numbers(sep, k, dist, heads, steps, sim):
+    """Over kept pairs, top-k and max carry the best keys' rows and read their values from
+    the cache at the end (kernels.attention.top_rows_update); over redrawn pairs they carry
+    the values: the same numbers, per head and per step, n a whole number of chunks or not.
+    Bit for bit except in the last case, where the two programs (kept or redrawn pairs) already
+    rounded sphere keys' cosines 1 float32 ulp apart before rows were carried (7e-10 in
+    cos_mean, 7e-9 in cos_std); a wrong row or column would be off by far more."""
+    exact = (dist, heads, steps, sim) != ("sphere", 2, 2, "cosine")
+    for n in (5, 128, 300):
+        got = [_cell(_shape(sim, sep, dist=dist, k=k, heads=heads, steps=steps, noisy=True, keep=keep), n,
+                     noise=0.3, beta=3.0) for keep in (0, 512)]
+        for key in got[0]:
+            if exact:
+                np.testing.assert_array_equal(got[0][key], got[1][key], err_msg=f"{key}, n = {n}")
+            else:
+                np.testing.assert_allclose(got[0][key], got[1][key], rtol=1e-6, atol=1e-8, err_msg=f"{key}, n = {n}")
+
+
 def test_the_cache_changes_no_number():
     """The first attention pass keeps the chunks it draws; the nearest-neighbour pass (and
     further steps) read them: the same numbers as drawing every pass."""
