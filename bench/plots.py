@@ -205,6 +205,9 @@ def save_figure(fig: Figure, stem: Path) -> Path:
             buffer = io.BytesIO()
             fig.savefig(buffer, format=fmt, metadata=metadata)
             store.atomic_write_bytes(stem.parent / f"{stem.name}.{fmt}", buffer.getvalue())
+            # The SVG keeps the layout the PNG's draw computed: the constrained layout was
+            # most of a figure's time, and computed again for the second file.
+            fig.set_layout_engine("none")
     return stem.parent / f"{stem.name}.png"
 
 
