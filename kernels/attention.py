@@ -142,12 +142,18 @@ def _weighted_sum_update(weights):
     return update
 
 
+def _top_merge(top_s, scores, valid):
+    """The best of the running top scores and a block's: (scores, positions among the
+    candidates: < width for a running one, width + i for the block's key i)."""
+    # Candidates: the running best first (earlier keys win ties, as a stable sort would), then the block.
+    cand = jnp.concatenate([top_s, jnp.where(valid, scores, -jnp.inf)], axis=-1)
+    return jax.lax.top_k(cand, top_s.shape[-1])
+
+
 def _top_update(state, scores, vb, valid, knobs):
     top_s, top_v = state
     width = top_s.shape[-1]
-    # Candidates: the running best first (earlier keys win ties, as a stable sort would), then the block.
-    cand = jnp.concatenate([top_s, jnp.where(valid, scores, -jnp.inf)], axis=-1)
-    new_s, pos = jax.lax.top_k(cand, width)
+    new_s, pos = _top_merge(top_s, scores, valid)
     from_old = jnp.take_along_axis(top_v, jnp.minimum(pos, width - 1)[..., None], axis=2)
     from_block = jax.vmap(lambda v, p: v[p])(vb, jnp.maximum(pos - width, 0))  # (h, q, width, dvh)
     return new_s, jnp.where((pos < width)[..., None], from_old, from_block)
@@ -157,14 +163,20 @@ def top_rows_update(state, scores, row0, valid):
     """_top_update carrying the running best keys' row numbers instead of their values:
     state (top scores (h, q, w), their rows (h, q, w) int32); the block's rows are row0 on.
     The same top_k of the same candidates as _top_update, so the same rows win; the caller
-    fetches their values once at the end (their values per block were (h, q, w, dvh) numbers
-    selected and written per block: 0.54 of 2.62 s of a d = 1024, n = 2^15 top-k cell)."""
+    fetches their values once at the end (recall from its values, a sweep cell from its cache
+    of kept pairs). Carried per block, the values were (h, q, w, dvh) numbers selected and
+    written: 0.54 of 2.62 s of a d = 1024, n = 2^15 top-k sweep cell."""
     top_s, top_i = state
     width = top_s.shape[-1]
-    cand = jnp.concatenate([top_s, jnp.where(valid, scores, -jnp.inf)], axis=-1)
-    new_s, pos = jax.lax.top_k(cand, width)
+    new_s, pos = _top_merge(top_s, scores, valid)
     from_old = jnp.take_along_axis(top_i, jnp.minimum(pos, width - 1), axis=-1)
     return new_s, jnp.where(pos < width, from_old, row0 + pos - width)
+
+
+def top_rows_init(sep: Separation, heads: int, nq: int, k: int, dtype):
+    """top_rows_update's state before any block: no score yet, row 0 (weight 0 until replaced)."""
+    top_s = sep.init(heads, nq, 1, k, dtype)[0]
+    return top_s, jnp.zeros(top_s.shape, jnp.int32)
 
 
 # Separations whose state is the running best keys (top_rows_update serves them).
@@ -279,17 +291,25 @@ def recall(queries, keys, values, *, similarity: str = "dot", separation: str = 
     kb = sim.prepare(split_heads(jnp.pad(keys.astype(dtype), ((0, num_blocks * blk - n), (0, 0))), heads))
     vb = split_heads(jnp.pad(values.astype(dtype), ((0, num_blocks * blk - n), (0, 0))), heads)
     knobs = Knobs(jnp.asarray(beta, dtype), jnp.asarray(degree, dtype))
+    by_rows = separation in BY_ROWS  # carry the best keys' rows, not their values (top_rows_update)
 
     def attend(qblock):  # (qb, d) -> (qb, dv)
         qh = sim.prepare(split_heads(qblock, heads))
 
         def body(j, state):
             kj = jax.lax.dynamic_slice_in_dim(kb, j * blk, blk, axis=1)
-            vj = jax.lax.dynamic_slice_in_dim(vb, j * blk, blk, axis=1)
             valid = j * blk + jnp.arange(blk) < n
+            if by_rows:
+                return top_rows_update(state, sim.scores(qh, kj), j * blk, valid)
+            vj = jax.lax.dynamic_slice_in_dim(vb, j * blk, blk, axis=1)
             return sep.update(state, sim.scores(qh, kj), vj, valid, knobs)
 
-        state = jax.lax.fori_loop(0, num_blocks, body, sep.init(heads, qblock.shape[0], dv // heads, k, dtype))
+        init = (top_rows_init(sep, heads, qblock.shape[0], k, dtype) if by_rows
+                else sep.init(heads, qblock.shape[0], dv // heads, k, dtype))
+        state = jax.lax.fori_loop(0, num_blocks, body, init)
+        if by_rows:  # the winners' values, read once (vb: (heads, rows, dv / heads))
+            top_s, top_i = state
+            state = (top_s, jax.vmap(lambda v, rows: v[rows])(vb, top_i))
         return merge_heads(sep.result(state, knobs))
 
     nq = queries.shape[0]

@@ -151,8 +151,7 @@ def _run_seed(f: AttentionFamily, seed, cache, n, noise, knobs: AttentionKnobs, 
         return attention.merge_heads(sep.result(state, sep_knobs))
 
     def init():
-        state = sep.init(h, Q, dvh, f.k, dtype)
-        return (state[0], jnp.zeros(state[0].shape, jnp.int32)) if by_rows else state
+        return attention.top_rows_init(sep, h, Q, f.k, dtype) if by_rows else sep.init(h, Q, dvh, f.k, dtype)
 
     # Loops 2..steps+1: one attention pass over the whole memory per update.
     for step in range(f.steps):

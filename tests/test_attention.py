@@ -64,14 +64,16 @@ def test_blockwise_recall_matches_numpy(sim, sep, n, d, q, block, seed):
     _check_recall(sim, sep, n, d, q, block, seed)
 
 
-def test_multi_head_with_one_head_is_single_head_and_heads_split_the_dims():
+@pytest.mark.parametrize("sep", ["softmax", "topk", "max"])
+def test_multi_head_with_one_head_is_single_head_and_heads_split_the_dims(sep):
+    # top-k and max carry each head's best rows and read those rows' values per head at the end
     rng = np.random.default_rng(1)
     Q, K, V = (rng.standard_normal(shape).astype(np.float32) for shape in ((5, 8), (30, 8), (30, 4)))
-    one = recall(Q, K, V, heads=1, block_size=7)
-    np.testing.assert_allclose(one, _reference(Q, K, V, "dot", "softmax", 1.0, 1), rtol=1e-5, atol=1e-5)
-    two = np.asarray(recall(Q, K, V, heads=2, block_size=7))
-    halves = [_reference(Q[:, i * 4:(i + 1) * 4], K[:, i * 4:(i + 1) * 4], V[:, i * 2:(i + 1) * 2], "dot", "softmax",
-                         1.0, 1) for i in range(2)]
+    one = recall(Q, K, V, separation=sep, k=3, heads=1, block_size=7)
+    np.testing.assert_allclose(one, _reference(Q, K, V, "dot", sep, 1.0, 3), rtol=1e-5, atol=1e-5)
+    two = np.asarray(recall(Q, K, V, separation=sep, k=3, heads=2, block_size=7))
+    halves = [_reference(Q[:, i * 4:(i + 1) * 4], K[:, i * 4:(i + 1) * 4], V[:, i * 2:(i + 1) * 2], "dot", sep,
+                         1.0, 3) for i in range(2)]
     np.testing.assert_allclose(two, np.concatenate(halves, 1), rtol=1e-5, atol=1e-5)
 
 
