@@ -86,3 +86,16 @@ def test_pair_streams_do_not_depend_on_the_chunk_size():
     small = [streams.draw_pairs(key, j, chunk=16, d=8, dv=4, dist="gaussian", dtype=jnp.float32) for j in (4, 5, 6, 7)]
     for i in range(2):
         np.testing.assert_array_equal(np.asarray(big[i]), np.concatenate([np.asarray(s[i]) for s in small]))
+
+
+def test_a_chunk_drawn_as_an_array_of_its_own_is_the_same_chunk():
+    """streams._own_array (the pairs computed once, in a conditional on CPU): the same numbers
+    as the draw itself, with a traced chunk index, under vmap and with a Python one."""
+    key = streams.stream_key(3, 8, 4, "gaussian")
+    draw = lambda j: philox.normal(key, (16, 12), jnp.float32, row0=j * 16)
+    own = jax.jit(lambda j: streams._own_array(lambda: draw(j), j))
+    for j in (0, 5):
+        np.testing.assert_array_equal(np.asarray(own(jnp.int32(j))), np.asarray(draw(j)))
+    batched = jax.vmap(lambda j: streams._own_array(lambda: draw(j), j))(jnp.arange(3, dtype=jnp.int32))
+    np.testing.assert_array_equal(np.asarray(batched), np.stack([np.asarray(draw(j)) for j in range(3)]))
+    np.testing.assert_array_equal(np.asarray(streams._own_array(lambda: draw(2), 2)), np.asarray(draw(2)))
