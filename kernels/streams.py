@@ -92,7 +92,7 @@ def _own_array(make: Callable[[], jax.Array], index) -> jax.Array:
     chunk's normal transform (erf_inv's polynomial) into each consumer of the chunk, evaluating
     it three to four times (the cache store, the keys, the values), and with its older fusion
     emitters the store's fusion ran on one thread: a d = 512 pinv family (n = 4..2^15, quick
-    emitters) 1.04 -> 0.76 s. Other backends compute make() as it comes (a conditional may
+    emitters) 1.04 -> 0.69-0.76 s. Other backends compute make() as it comes (a conditional may
     cost a device-to-host read of its predicate there). Only rounding may differ from the
     fused evaluation (float32 ulps)."""
     def on_cpu():
