@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fuzzy_kv import decode
 from fuzzy_kv.embeddings import Embeddings
+from kernels import MATMUL_PRECISION
 from kernels.attention import SIMILARITIES, softmax_attend
 
 DEMO_RECORDS = {"one": "number", "cat": "animal", "dog": "animal", "ball": "toy", "sphere": "shape", "male": "gender"}
@@ -130,9 +132,12 @@ class Database:
                              f"{' (the query itself is excluded)' if excluded else ''}; use k <= {candidates}")
         if not words:
             return [], np.zeros((0, len(self._key_names)))
-        outputs, weights = self._attend(words)
         exclude = [self._target_index.get(w, -1) if self.exclude_query else -1 for w in words]
-        scores, ids = decode.top_k_cosine(outputs, self._blocks, k, np.array(exclude, np.int32))
+        # True float32 products unless the user chose a precision: JAX's default (TF32 on
+        # recent NVIDIA GPUs) can reorder near-tied answers (kernels.MATMUL_PRECISION).
+        with jax.default_matmul_precision(jax.config.jax_default_matmul_precision or MATMUL_PRECISION):
+            outputs, weights = self._attend(words)
+            scores, ids = decode.top_k_cosine(outputs, self._blocks, k, np.array(exclude, np.int32))
         scores, ids = np.asarray(scores), np.asarray(ids)
         answers = [[Answer(self._targets[i], float(s), self._targets[i] in self._stored) for s, i in zip(row_s, row_i)]
                    for row_s, row_i in zip(scores, ids)]

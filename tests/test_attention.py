@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from kernels.attention import ALL_SIMILARITIES, SEPARATIONS, recall
 
 
-def _reference(Q, K, V, sim, sep, beta, k, power=3):
-    Q, K, V = (np.asarray(x, np.float64) for x in (Q, K, V))
+def _scores(Q, K, sim):
+    Q, K = (np.asarray(x, np.float64) for x in (Q, K))
     if sim == "dot":
         s = Q @ K.T
     elif sim == "scaled_dot":
@@ -22,6 +22,11 @@ def _reference(Q, K, V, sim, sep, beta, k, power=3):
         s = -np.linalg.norm(Q[:, None] - K[None], axis=-1)
     else:
         s = -np.abs(Q[:, None] - K[None]).sum(-1)
+    return s
+
+
+def _reference(Q, K, V, sim, sep, beta, k, power=3):
+    s, V = _scores(Q, K, sim), np.asarray(V, np.float64)
     if sep == "softmax":
         w = np.exp(beta * s - (beta * s).max(1, keepdims=True))
         return (w / w.sum(1, keepdims=True)) @ V
@@ -45,7 +50,24 @@ def _check_recall(sim, sep, n, d, q, block, seed):
     k = min(3, n)
     got = np.asarray(recall(Q, K, V, similarity=sim, separation=sep, beta=2.0, k=k, block_size=block), np.float64)
     ref = _reference(Q, K, V, sim, sep, 2.0, k)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    if sep in ("topk", "max"):
+        rows = _decided(_scores(Q, K, sim), 1 if sep == "max" else k)
+        got, ref = got[rows], ref[rows]
+        if not rows.any():
+            return
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + np.abs(ref).max()))
+
+
+def _decided(s, k):
+    """Queries whose best k keys are decided by the scores, not by float32 rounding: the k-th
+    best key scores clearly above the next. Where they are within rounding of each other any
+    choice is right, and a float32 kernel's is the rounding's: d = 1 cosines are all +-1 in
+    float64, and on an H100 some came out 1 - 2^-24 and the kernel took other tied keys."""
+    if k >= s.shape[1]:
+        return np.ones(s.shape[0], bool)
+    best = -np.sort(-s, axis=1)
+    return best[:, k - 1] - best[:, k] > 1e-5 * (1 + np.abs(best[:, k - 1]))
 
 
 @pytest.mark.parametrize("sep", SEPARATIONS)
@@ -100,9 +122,14 @@ def test_blockwise_equals_unblocked_for_any_block_sizes(sim, sep):
     Q, K, V = (rng.standard_normal(shape).astype(np.float32) for shape in ((37, 8), (101, 8), (101, 4)))
     kw = dict(similarity=sim, separation=sep, beta=1.5, k=5)
     whole = np.asarray(recall(Q, K, V, block_size=101, query_block=37, **kw))
+    # Blocks change the order of the blend's float32 sums: a weighted mean of 101 values moves
+    # by about sqrt(101) ulps of the largest value (on an H100 the polynomial blend moved by
+    # 2.7e-6 where the outputs reach 1.3 and the values 3.3; XLA:CPU by less), an unnormalised
+    # (identity) blend by ulps of its largest output.
+    atol = max(2 * np.sqrt(K.shape[0]) * np.finfo(np.float32).eps * np.abs(V).max(), 2e-6 * np.abs(whole).max())
     for block, qblock in [(1, 1), (10, 7), (33, 37), (64, 16), (101, 5), (500, 1000)]:
         np.testing.assert_allclose(recall(Q, K, V, block_size=block, query_block=qblock, **kw), whole,
-                                   rtol=2e-6, atol=2e-6 * np.abs(whole).max())
+                                   rtol=2e-6, atol=atol)
 
 
 def test_ties_go_to_the_earlier_key_in_every_block_layout():

@@ -14,7 +14,7 @@ import pytest
 import kernels
 from bench import theory
 from kernels import streams
-from tests.conftest import materialize
+from tests.conftest import materialize, same_numbers
 from tests.test_attention import _reference
 
 SEEDS = jnp.arange(2, dtype=jnp.int32)
@@ -149,16 +149,15 @@ def test_kept_top_keys_carry_rows_and_give_the_same_numbers(sep, k, dist, heads,
     the values: the same numbers, per head and per step, n a whole number of chunks or not.
     Bit for bit except in the last case, where the two programs (kept or redrawn pairs) already
     rounded sphere keys' cosines 1 float32 ulp apart before rows were carried (7e-10 in
-    cos_mean, 7e-9 in cos_std); a wrong row or column would be off by far more."""
+    cos_mean, 7e-9 in cos_std); a wrong row or column would be off by far more. Bit for bit
+    on CPU only (conftest.same_numbers)."""
     exact = (dist, heads, steps, sim) != ("sphere", 2, 2, "cosine")
+    tolerance = same_numbers() if exact else same_numbers(rtol=1e-6, atol=1e-8)
     for n in (5, 128, 300):
         got = [_cell(_shape(sim, sep, dist=dist, k=k, heads=heads, steps=steps, noisy=True, keep=keep), n,
                      noise=0.3, beta=3.0) for keep in (0, 512)]
         for key in got[0]:
-            if exact:
-                np.testing.assert_array_equal(got[0][key], got[1][key], err_msg=f"{key}, n = {n}")
-            else:
-                np.testing.assert_allclose(got[0][key], got[1][key], rtol=1e-6, atol=1e-8, err_msg=f"{key}, n = {n}")
+            np.testing.assert_allclose(got[0][key], got[1][key], **tolerance, err_msg=f"{key}, n = {n}")
 
 
 def test_the_cache_changes_no_number():
@@ -169,4 +168,4 @@ def test_the_cache_changes_no_number():
     assert np.isnan(_cell(_shape("scaled_dot", "topk", k=3, noisy=True, keep=128), 300, noise=0.1)["cos_mean"]).all()
     for other in got[1:]:
         for k in got[0]:
-            np.testing.assert_allclose(got[0][k], other[k], rtol=1e-12, atol=1e-15, err_msg=k)
+            np.testing.assert_allclose(got[0][k], other[k], **same_numbers(rtol=1e-12, atol=1e-15), err_msg=k)

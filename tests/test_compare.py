@@ -80,10 +80,12 @@ def test_planted_changes_are_flagged(runs):
 
 def test_environment_differences_are_named(runs):
     a, b = rundir.read(runs["a"]), rundir.read(runs["b"])
-    manifest = {**b.manifest, "backend": "gpu", "x64": False, "versions": {**b.manifest["versions"], "jax": "9.9"}}
+    backend = a.manifest["backend"]  # cpu here, gpu on a GPU machine
+    other = "tpu" if backend == "gpu" else "gpu"
+    manifest = {**b.manifest, "backend": other, "x64": False, "versions": {**b.manifest["versions"], "jax": "9.9"}}
     c = compare.compare(a, b._replace(manifest=manifest), speed_tol=1e9)
     differ = compare.differences(c.environment)
-    assert "backend cpu -> gpu" in differ and "x64 True -> False" in differ
+    assert f"backend {backend} -> {other}" in differ and "x64 True -> False" in differ
     assert any(d.startswith("jax ") and d.endswith("-> 9.9") for d in differ)
     assert "environment differs: " in "\n".join(compare.summary_lines(c))
 

@@ -153,3 +153,73 @@ def test_lapack_calls_of_compiled_programs_run_on_one_thread_and_numpy_keeps_its
     assert set(scipy_blas.values()) == {1} and probe["described"] == 1
     for path, threads in probe["before"].items():  # NumPy's own library: as it was
         assert probe["after"][path] == threads
+
+
+PRECISION_PROBE = """
+import json, os
+import numpy as np
+from bench import environment
+environment.configure_jax()
+import jax, jax.numpy as jnp
+rng = np.random.default_rng(0)
+a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
+got = np.asarray(jax.jit(lambda x, y: x @ y)(a, b), np.float64)
+ref = a.astype(np.float64) @ b.astype(np.float64)
+described = environment.describe()
+print(json.dumps({"error": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
+                  "precision": described["matmul_precision"], "xla_flags": described["xla_flags"]}))
+"""
+
+
+def _precision_probe(**settings) -> dict:
+    """The probe in a fresh process; settings: environment variables, None to unset one."""
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO, run_env
+
+    env = run_env(**{k: v for k, v in settings.items() if v is not None})
+    for name in (k for k, v in settings.items() if v is None):
+        env.pop(name, None)
+    done = subprocess.run([PYTHON, "-c", PRECISION_PROBE], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_suite_multiplies_in_true_float32_on_any_device_unless_told_otherwise():
+    """JAX's default computes float32 products in TF32 on NVIDIA GPUs (2.9e-4 from float64 on an
+    H100) and one bfloat16 pass on TPUs; the suite's runs use kernels.MATMUL_PRECISION, and the
+    manifest says which precision and which XLA flags a run had. A user's own choice stands."""
+    from bench.environment import GPU_XLA_FLAGS
+    from kernels import MATMUL_PRECISION
+
+    ours = _precision_probe(JAX_DEFAULT_MATMUL_PRECISION=None, XLA_FLAGS=None)
+    assert ours["precision"] == MATMUL_PRECISION == "highest" and ours["error"] < 1e-5
+    assert ours["xla_flags"].split() == list(GPU_XLA_FLAGS)
+    theirs = _precision_probe(JAX_DEFAULT_MATMUL_PRECISION="bfloat16",
+                              XLA_FLAGS="--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=2")
+    assert theirs["precision"] == "bfloat16"
+    assert theirs["xla_flags"] == "--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=2"
+
+
+def test_the_fuzzy_store_answers_in_true_float32_unless_told_otherwise(monkeypatch):
+    """The store is a library as well as a command: it picks the precision itself, at the time
+    it traces, without configure_jax (a user's global choice stands)."""
+    import jax
+    import numpy as np
+
+    from fuzzy_kv import Database, Embeddings, decode
+    from kernels import MATMUL_PRECISION
+
+    words = ["cat", "dog", "animal", "ball", "toy"]
+    emb = Embeddings(words, np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32))
+    db = Database({"cat": "animal", "dog": "animal"}, embeddings=emb)
+    seen = []
+    top_k = decode.top_k_cosine
+    monkeypatch.setattr(decode, "top_k_cosine", lambda *a, **kw: seen.append(jax.config.jax_default_matmul_precision)
+                        or top_k(*a, **kw))
+    with jax.default_matmul_precision(None):
+        db.answers(["cat"], 2)
+    with jax.default_matmul_precision("bfloat16"):
+        db.answers(["dog"], 2)
+    assert seen == [MATMUL_PRECISION, "bfloat16"]
