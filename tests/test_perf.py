@@ -111,7 +111,10 @@ try:
     peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 except (OSError, StopIteration):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"compile_s": t1 - t0, "run_s": t2 - t1, "flops": kernels.matrix_flops("pinv", n, d, d, 1024),
+# An accelerator's own peak (None where the backend keeps no statistics, as on a CPU).
+stats = jax.local_devices()[0].memory_stats() or {}
+print(json.dumps({"device_peak_gib": stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None,
+                  "compile_s": t1 - t0, "run_s": t2 - t1, "flops": kernels.matrix_flops("pinv", n, d, d, 1024),
                   "matmul_gflops": rate,
                   "cos_mean": float(out.cos_mean[0]), "theory": (d / n) ** 0.5, "peak_rss_gib": peak_kib / 2**20}))
 """
@@ -128,9 +131,12 @@ def test_d1024_n2e20_cell_time_and_peak_memory(benchmark):
     result["gflops"] = result["flops"] / result["run_s"] / 1e9
     result["run_over_floor"] = result["run_s"] / (result["flops"] / (result["matmul_gflops"] * 1e9))
     benchmark.extra_info.update(result)
-    print("\nd=1024, n=2^20 pinv cell:", json.dumps({k: round(v, 4) for k, v in result.items()}))
+    print("\nd=1024, n=2^20 pinv cell:", json.dumps({k: v if v is None else round(v, 4) for k, v in result.items()}))
     assert abs(result["cos_mean"] - result["theory"]) < 0.002
-    assert result["peak_rss_gib"] < 1.5
+    if result["device_peak_gib"] is None:  # the device's memory is the host's
+        assert result["peak_rss_gib"] < 1.5
+    else:  # the host holds CUDA's libraries (3.4 GiB on the H100 machine), the device the cell
+        assert result["device_peak_gib"] < 1.0
 
 
 def _numpy_fuzzy(unit_vocab, keys, values, queries, k, beta=1.0, block=1000):
