@@ -52,7 +52,8 @@ def _add_xla_flags(flags: tuple[str, ...]) -> None:
     """Append ``flags`` to XLA_FLAGS where the user's XLA_FLAGS does not name them; XLA reads
     them when the backend starts (the first JAX computation), so this runs before it."""
     current = os.environ.get("XLA_FLAGS", "")
-    missing = [f for f in flags if f.split("=")[0] not in current]
+    named = {token.split("=")[0] for token in current.split()}
+    missing = [f for f in flags if f.split("=")[0] not in named]
     if missing:
         os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
 
