@@ -124,7 +124,7 @@ def test_blockwise_equals_unblocked_for_any_block_sizes(sim, sep):
     whole = np.asarray(recall(Q, K, V, block_size=101, query_block=37, **kw))
     # Blocks change the order of the blend's float32 sums: a weighted mean of 101 values moves
     # by about sqrt(101) ulps of the largest value (on an H100 the polynomial blend moved by
-    # 2.7e-6 where the outputs reach 1.3 and the values 3.3; XLA:CPU by less), an unnormalised
+    # 2.7e-6 where the outputs reach 0.67 and the values 2.6; XLA:CPU by less), an unnormalised
     # (identity) blend by ulps of its largest output.
     atol = max(2 * np.sqrt(K.shape[0]) * np.finfo(np.float32).eps * np.abs(V).max(), 2e-6 * np.abs(whole).max())
     for block, qblock in [(1, 1), (10, 7), (33, 37), (64, 16), (101, 5), (500, 1000)]:
