@@ -72,7 +72,7 @@ def limit_lapack_threads(threads: int = LAPACK_THREADS) -> int | None:
     thread pool, which already runs independent work side by side. There, OpenBLAS's worker
     threads (one per core) spin beside XLA's: on 2 cores a pinv cell at d = 1024 with n = 8 took
     104-133 ms instead of 73-105 ms with one thread (fastest of 8 runs, three processes each),
-    though its float64 Cholesky (128 rows) takes 0.2 ms alone (README, Performance: "LAPACK on
+    though its float64 Cholesky (128 rows) takes 0.2 ms alone (docs/performance-log.md: "LAPACK on
     one thread"). NumPy's BLAS (its own library in a wheel install) is left as it is; so is a
     BLAS that SciPy shares with NumPy (conda, a system BLAS: limiting it would change NumPy's
     too), and the suite then runs as before. A process calls this once (cached)."""

@@ -219,7 +219,7 @@ def family_of(cell: Cell, keep: int = 0) -> Family:
     program leaves the random baselines to a program of their own, run once per pair stream
     (_Programs.baselines): they depend on the stream only, and in every family they cost
     compile time (0.35-0.45 s for a pinv family with the default emitters: bench.profile_cell
-    --with-baselines; README, Performance) and a loop per cell."""
+    --with-baselines; docs/performance-log.md) and a loop per cell."""
     patterns = kernels.TABLE if cell.patterns == "glove" else cell.patterns
     # Matrix and attention memories of the same d and dv use the same chunk: they see the same pairs.
     chunk = kernels.default_chunk(cell.d, cell.dv)

@@ -38,7 +38,7 @@ BASELINE_PAIRS = 1024
 # The most pairs per chunk. A cell's fixed work (its first chunk of pairs, the accuracy
 # sample's scan of it) grows with the chunk whatever n is: 512 against the earlier 2^19-numbers
 # rule (4096 pairs at d = 64, 2048 at d = 128 and 256) made a pinv family of n = 4..2^15 about
-# 20-50% faster (python -m bench.profile_cell pinv D NS --chunk C; README, Performance). The
+# 20-50% faster (python -m bench.profile_cell pinv D NS --chunk C; docs/performance-log.md). The
 # pairs are the same whatever the chunk (Philox rows).
 MAX_CHUNK = 512
 
