@@ -63,10 +63,17 @@ def bound_program(d: int, dv: int, chunk: int, queries: int, *, keep: bool, draw
     return program
 
 
+def bound_bytes(d: int, chunk: int, queries: int, kept_chunks: int) -> int:
+    """Bytes the bound program holds at once: W, R^T and the sums (3 d^2 + d * queries numbers),
+    the kept chunks, and a few chunks' worth of temporaries (float32)."""
+    return 4 * (3 * d * d + d * queries + (kept_chunks + 8) * chunk * max(2 * d, queries))
+
+
 def measure(d: int, ns: list[int], *, keep: bool, chunk: int | None = None, repeats: int = 3) -> dict:
     """Best-of-``repeats`` seconds of the bound program with draws and without, per n, beside
-    the floor at the matmul rate measured in this process."""
-    from bench.environment import configure_jax, matmul_gflops
+    the floor at the matmul rate measured in this process. Raises ValueError (before any
+    compiling) when the program would not fit in the device's memory."""
+    from bench.environment import configure_jax, device_memory_bytes, matmul_gflops
 
     configure_jax()
     import jax
@@ -76,32 +83,33 @@ def measure(d: int, ns: list[int], *, keep: bool, chunk: int | None = None, repe
 
     chunk = chunk or kernels.default_chunk(d, d)
     queries = kernels.MatrixFamily._field_defaults["queries"]  # the accuracy sample a sweep cell scores
-    rate = matmul_gflops()
     kept = -(-max(ns) // chunk) if keep else 1
-    compiled = {}
-    for draw in (True, False):
+    need, available = bound_bytes(d, chunk, queries, kept), device_memory_bytes()
+    if available is not None and 2 * need > available:
+        raise ValueError(f"d = {d}{' with --keep' if keep else ''} needs about {need / 2**30:.1f} GiB and "
+                         f"{available / 2**30:.1f} GiB is free; lower d{' or n, or drop --keep' if keep else ''}")
+    rate = matmul_gflops()
+    best: dict[tuple[bool, int], float] = {}
+    for draw in (True, False):  # one program, and its buffer, at a time
         program = jax.jit(bound_program(d, d, chunk, queries, keep=keep, draw=draw), donate_argnums=1)
         buffer = jnp.zeros((kept, chunk, 2 * d), jnp.float32)
         fn = program.lower(jnp.int32(chunk), buffer).compile()
         out, buffer = fn(jnp.int32(chunk), buffer)  # one untimed run: the buffers touched once
         jax.block_until_ready(out)
-        compiled[draw] = (fn, buffer)
-    rows = []
-    for n in ns:
-        best = {}
-        for draw in (True, False):
-            fn, buffer = compiled[draw]
+        for n in ns:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 out, buffer = fn(jnp.int32(n), buffer)
                 jax.block_until_ready(out)
                 times.append(time.perf_counter() - start)
-            compiled[draw] = (fn, buffer)
-            best[draw] = min(times)
+            best[draw, n] = min(times)
+        del buffer
+    rows = []
+    for n in ns:
         floor = kernels.matrix_flops("pinv", n, d, d, queries) / (rate * 1e9)
-        rows.append({"n": n, "floor_s": floor, "bound_s": best[True], "products_s": best[False],
-                     "bound_over_floor": best[True] / floor, "products_over_floor": best[False] / floor})
+        rows.append({"n": n, "floor_s": floor, "bound_s": best[True, n], "products_s": best[False, n],
+                     "bound_over_floor": best[True, n] / floor, "products_over_floor": best[False, n] / floor})
     return {"d": d, "chunk": chunk, "keep": keep, "matmul_gflops": rate, "cells": rows}
 
 
@@ -135,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep and kept_bytes > KEEP_LIMIT_BYTES:
         parser.error(f"--keep would hold {kept_bytes / 2**30:.1f} GiB of pairs (at most {KEEP_LIMIT_BYTES / 2**30:.0f}); "
                      "drop --keep (pairs drawn twice) or lower n")
-    print(json.dumps(measure(args.d, ns, keep=args.keep, chunk=args.chunk, repeats=args.repeats)))
+    try:
+        report = measure(args.d, ns, keep=args.keep, chunk=args.chunk, repeats=args.repeats)
+    except ValueError as error:  # the program would not fit in memory
+        parser.error(str(error))
+    print(json.dumps(report))
     return 0
 
 

@@ -79,3 +79,17 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, words, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and err.startswith("bench.floor_bound: error:")
+
+
+def test_a_program_beyond_free_memory_is_refused_before_compiling(monkeypatch, capsys):
+    """d = 16384 holds about 3.2 GiB (W, R^T and the sums): with 1 GiB free it is one line and
+    exit 2, and nothing is compiled or run."""
+    from bench import environment
+
+    monkeypatch.setattr(environment, "device_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(environment, "matmul_gflops", lambda *a, **k: pytest.fail("measured after the refusal"))
+    with pytest.raises(SystemExit) as stop:
+        floor_bound.main(["16384", "4"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs about 3.1 GiB and 1.0 GiB is free; lower d" in err
