@@ -9,9 +9,9 @@ K^T [K | V] of the write, K W of the recall, and the accuracy sample's V R^T. A 
 draw its pairs: once when it keeps them, and once per pass when it cannot (under 1 GiB, a d = 1024
 cell of n = 2^20 pairs cannot keep its 8 GiB of pairs, so it draws them for the write and again
 for the recall). The bound program does those draws with the suite's own generator
-(kernels.philox, the same call a cell makes) and those three products at the family's chunk,
-a fixed chunk at a time, and nothing else (no solve, no cosines, no masks): any cell of the suite
-takes longer. "products" times the same products on one chunk held in memory, without draws.
+(kernels.philox, the same call a cell makes) and those three products, a chunk of the family's
+size at a time, and nothing else (no solve, no cosines, no masks): a cell of the suite does all
+of it and more. "products" times the same products on one chunk held in memory, without draws.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import time
 
 
 def bound_program(d: int, dv: int, chunk: int, queries: int, *, keep: bool, draw: bool = True):
-    """(n int32) -> a scalar that depends on every product. keep: draw each chunk once into a
-    buffer of every chunk (n <= kept_n) and read it in the second loop; else draw it again.
+    """(n int32, buffer (kept chunks, chunk, d + dv) float32, donated) -> (a scalar that depends
+    on every product, buffer). keep: the write stores each chunk in the buffer (which must hold
+    every chunk of n) and the recall reads it back; else the recall draws it again.
     draw=False: the products of one fixed chunk (plus the loop index), no generator."""
     import jax
     import jax.numpy as jnp
