@@ -224,8 +224,10 @@ def test_gate_passes_on_this_tree(tmp_path):
 def test_planted_slowdown_fails_the_gate(monkeypatch, tmp_path):
     """The attention benchmark measured as it is (a fresh baseline in this process, so any
     machine will do), then with the kernel slowed by an injected second pass over the same
-    keys (twice the FLOPs): the gate fails on its time ratio and on nothing else; unchanged,
-    it passes."""
+    keys (twice the FLOPs) that waits for the first: the gate fails on its time ratio and on
+    nothing else; unchanged, it passes. (A second pass independent of the first ran beside it
+    on XLA:CPU's concurrent thunks and measured only +21% once: not a planted slowdown the
+    25% tolerance is sure to see.)"""
     from kernels import attention
 
     results = benchmarks.measure(["attention_recall"], 5)
@@ -237,7 +239,10 @@ def test_planted_slowdown_fails_the_gate(monkeypatch, tmp_path):
     original = attention.recall
 
     def slowed(Q, K, V, **kw):
-        return original(Q, K, V, **kw) + 0 * original(Q + 1, K, V, **kw)
+        first = original(Q, K, V, **kw)
+        # The second pass reads the first's output (0 * x is not folded away for floats), so
+        # it runs after it; the answer is the first pass's, unchanged.
+        return first + 0 * original(Q + 0 * first[:, :1], K, V, **kw)
 
     monkeypatch.setattr(attention, "recall", slowed)
     ok, verdicts, _ = regress.run_gate(["attention_recall"], 5, tmp_path / "slow", 2, file, lambda s: None)
