@@ -30,12 +30,11 @@ def configure_jax() -> None:
     either, because each seed's stream lives on one device. Matmuls run at
     kernels.MATMUL_PRECISION (true float32) unless JAX_DEFAULT_MATMUL_PRECISION chose another:
     the manifest records which."""
-    from kernels import MATMUL_PRECISION
+    from kernels import matmul_precision
 
     _add_xla_flags(GPU_XLA_FLAGS)
     jax.config.update("jax_enable_x64", True)
-    if jax.config.jax_default_matmul_precision is None:
-        jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION)
+    jax.config.update("jax_default_matmul_precision", matmul_precision())
     jax.config.update("jax_threefry_partitionable", False)
     limit_lapack_threads()
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from fuzzy_kv import decode
 from fuzzy_kv.embeddings import Embeddings
-from kernels import MATMUL_PRECISION
+from kernels import matmul_precision
 from kernels.attention import SIMILARITIES, softmax_attend
 
 DEMO_RECORDS = {"one": "number", "cat": "animal", "dog": "animal", "ball": "toy", "sphere": "shape", "male": "gender"}
@@ -134,8 +134,8 @@ class Database:
             return [], np.zeros((0, len(self._key_names)))
         exclude = [self._target_index.get(w, -1) if self.exclude_query else -1 for w in words]
         # True float32 products unless the user chose a precision: JAX's default (TF32 on
-        # recent NVIDIA GPUs) can reorder near-tied answers (kernels.MATMUL_PRECISION).
-        with jax.default_matmul_precision(jax.config.jax_default_matmul_precision or MATMUL_PRECISION):
+        # recent NVIDIA GPUs) can reorder near-tied answers (kernels.matmul_precision).
+        with jax.default_matmul_precision(matmul_precision()):
             outputs, weights = self._attend(words)
             scores, ids = decode.top_k_cosine(outputs, self._blocks, k, np.array(exclude, np.int32))
         scores, ids = np.asarray(scores), np.asarray(ids)

@@ -13,6 +13,14 @@ import importlib
 # CPUs compute float32 either way.
 MATMUL_PRECISION = "highest"
 
+
+def matmul_precision() -> str:
+    """The precision to trace at: the user's (JAX_DEFAULT_MATMUL_PRECISION, or JAX's config set
+    any other way), else MATMUL_PRECISION. Read when a program is traced, so JAX loads then."""
+    import jax
+
+    return jax.config.jax_default_matmul_precision or MATMUL_PRECISION
+
 _EXPORTS = {
     "kernels.attention": ("ALL_SIMILARITIES", "SEPARATION_REGISTRY", "SEPARATIONS", "SIMILARITIES",
                           "SIMILARITY_REGISTRY", "Attended", "recall", "softmax_attend"),
